@@ -1,0 +1,69 @@
+"""The short report printed at the end of a training run."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+from gradwatch.callbacks.grad_norm import GradientNormCallback
+
+VERDICT_STYLE = {
+    "vanishing": "bold red",
+    "exploding": "bold red",
+    "non-finite": "bold red",
+    "healthy": "bold green",
+}
+
+
+def _fmt(value: float | None) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "-"
+    return f"{value:.2e}"
+
+
+def print_report(
+    summary: dict[str, Any],
+    grad_cb: GradientNormCallback | None,
+    run_dir: Path,
+    console: Console | None = None,
+) -> None:
+    console = console or Console()
+    console.rule(f"[bold]gradwatch: {summary.get('experiment', '')}")
+    if grad_cb is not None and grad_cb.first_norms:
+        table = Table(title="Per-layer gradient norms (input side first)", title_justify="left")
+        table.add_column("depth", justify="right")
+        table.add_column("layer")
+        table.add_column(f"step {grad_cb.first_step}", justify="right")
+        table.add_column(f"step {grad_cb.last_step}", justify="right")
+        for depth, layer in enumerate(grad_cb.layers, 1):
+            table.add_row(
+                str(depth),
+                layer.name,
+                _fmt(grad_cb.first_norms.get(layer.name)),
+                _fmt(grad_cb.last_norms.get(layer.name)),
+            )
+        console.print(table)
+    verdict = summary.get("diagnosis", "?")
+    console.print(
+        f"first/last gradient-norm ratio: step 0 {_fmt(summary.get('initial_first_last_ratio'))}, "
+        f"last step {_fmt(summary.get('final_first_last_ratio'))}"
+    )
+    console.print(f"verdict: [{VERDICT_STYLE.get(verdict, 'bold')}]{verdict}[/]")
+    if summary.get("advice"):
+        console.print(f"advice: {summary['advice']}")
+    accuracy = " ".join(
+        f"{key}={summary[key]:.3f}"
+        for key in ("val_acc", "test_acc")
+        if isinstance(summary.get(key), float)
+    )
+    if accuracy:
+        console.print(f"accuracy: {accuracy}")
+    console.print(f"run directory: {run_dir}")
+    if (run_dir / "tensorboard").exists():
+        console.print(
+            f"TensorBoard: tensorboard --logdir {run_dir / 'tensorboard'}  (or make tensorboard)"
+        )

@@ -1,0 +1,7 @@
+"""The article's networks, built from one configurable MLP (and a CNN, see cnn.py)."""
+
+from gradwatch.nets.activations import ACTIVATIONS, make_activation
+from gradwatch.nets.init import INITS, init_weights
+from gradwatch.nets.mlp import MLP, NORMS
+
+__all__ = ["ACTIVATIONS", "INITS", "MLP", "NORMS", "init_weights", "make_activation"]
