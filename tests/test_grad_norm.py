@@ -30,9 +30,16 @@ class Recorder(GradientNormCallback):
 def fit_steps(net: nn.Module, tmp_path, steps: int = 1, **trainer_kwargs) -> L.Trainer:
     dm = DigitsDataModule(batch_size=128, seed=0)
     trainer = L.Trainer(
-        max_steps=steps, accelerator="cpu", logger=False, enable_checkpointing=False,
-        enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
-        limit_val_batches=0, default_root_dir=tmp_path, **trainer_kwargs,
+        max_steps=steps,
+        accelerator="cpu",
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        limit_val_batches=0,
+        default_root_dir=tmp_path,
+        **trainer_kwargs,
     )
     trainer.fit(ClassifierModule(net, num_classes=10), datamodule=dm)
     return trainer
@@ -60,8 +67,13 @@ def test_logged_norms_equal_an_independent_computation(tmp_path):
         assert cb.first_norms[layer] == pytest.approx(value, rel=1e-5)
     # Forward order, input side first; BatchNorm layers are layers too.
     assert [layer.name for layer in cb.layers] == [
-        "net.network.0", "net.network.1", "net.network.3", "net.network.4",
-        "net.network.6", "net.network.7", "net.network.9",
+        "net.network.0",
+        "net.network.1",
+        "net.network.3",
+        "net.network.4",
+        "net.network.6",
+        "net.network.7",
+        "net.network.9",
     ]
     rows = list(csv.DictReader((tmp_path / "grad_norms.csv").open()))
     assert [r["layer"] for r in rows] == [layer.name for layer in cb.layers]

@@ -45,8 +45,17 @@ def test_batchnorm_net_puts_norm_after_every_hidden_linear():
 
 
 def test_residual_net_matches_modern_deep_network():
-    net = MLP(784, 10, depth=20, width=256, activation="relu", init="kaiming_normal",
-              norm="batch", residual=True, bias_init="zeros")
+    net = MLP(
+        784,
+        10,
+        depth=20,
+        width=256,
+        activation="relu",
+        init="kaiming_normal",
+        norm="batch",
+        residual=True,
+        bias_init="zeros",
+    )
     assert [type(m) for m in net.input_layer] == [nn.Linear, nn.BatchNorm1d, nn.ReLU]
     assert len(net.hidden_layers) == 20
     block = [nn.Linear, nn.BatchNorm1d, nn.ReLU, nn.Linear, nn.BatchNorm1d]
