@@ -23,13 +23,20 @@ def channel_stats(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     Returned shaped to broadcast against a batch: ``(1, C, 1, ...)``.
     """
     dims = [0, *range(2, x.dim())]
-    total = torch.zeros(x.shape[1], dtype=torch.float64)
-    squares = torch.zeros_like(total)
-    for start in range(0, len(x), _STATS_CHUNK):
-        chunk = x[start : start + _STATS_CHUNK].to(torch.float64)
-        total += chunk.sum(dim=dims)
-        squares += chunk.square().sum(dim=dims)
     count = x.numel() // x.shape[1]
+    if x.dtype == torch.uint8:  # exact and fast: a 256-bin histogram per channel
+        values = torch.arange(256, dtype=torch.float64)
+        hist = torch.stack(
+            [torch.bincount(x[:, c].reshape(-1), minlength=256) for c in range(x.shape[1])]
+        ).to(torch.float64)
+        total, squares = hist @ values, hist @ values.square()
+    else:
+        total = torch.zeros(x.shape[1], dtype=torch.float64)
+        squares = torch.zeros_like(total)
+        for start in range(0, len(x), _STATS_CHUNK):
+            chunk = x[start : start + _STATS_CHUNK].to(torch.float64)
+            total += chunk.sum(dim=dims)
+            squares += chunk.square().sum(dim=dims)
     mean = total / count
     var = (squares - count * mean.square()) / max(count - 1, 1)
     shape = (1, x.shape[1], *[1] * (x.dim() - 2))
