@@ -224,3 +224,47 @@ def test_input_shape_is_known_before_setup(tmp_path):
     assert MNISTDataModule(data_dir=tmp_path).input_shape == (1, 28, 28)
     assert FashionMNISTDataModule(data_dir=tmp_path).num_classes == 10
     assert CIFAR10DataModule(data_dir=Path(tmp_path)).input_shape == (3, 32, 32)
+
+
+class _Probe(torch.nn.Module):
+    """Records the batches a Trainer hands the model."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.linear = torch.nn.Linear(3 * 32 * 32, 10)
+        self.seen: list[torch.Tensor] = []
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.seen.append(x.detach().clone())
+        return self.linear(x.flatten(1))
+
+
+def test_the_trainer_feeds_the_model_normalized_float_batches(tmp_path, monkeypatch):
+    import lightning as L
+
+    from gradwatch.module import ClassifierModule
+
+    write_cifar10(tmp_path, monkeypatch)
+    dm = CIFAR10DataModule(data_dir=tmp_path, download=False, batch_size=16, augment=False)
+    probe = _Probe()
+    trainer = L.Trainer(
+        max_steps=1, limit_val_batches=0, logger=False, enable_checkpointing=False,
+        enable_progress_bar=False, enable_model_summary=False, default_root_dir=tmp_path,
+    )  # fmt: skip
+    trainer.fit(ClassifierModule(probe, num_classes=10), datamodule=dm)
+    first = probe.seen[0]
+    assert first.dtype == torch.float32 and first.shape == (16, 3, 32, 32)
+    raw = dm.splits["train"][0][dm.train_dataloader()._indices()[:16]]
+    torch.testing.assert_close(first, dm.normalize_batch(raw))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_on_device_holds_the_dataset_on_the_gpu(tmp_path):
+    write_mnist(tmp_path)
+    dm = MNISTDataModule(data_dir=tmp_path, download=False, on_device=True)
+    dm.trainer = SimpleNamespace(strategy=SimpleNamespace(root_device=torch.device("cuda", 0)))
+    dm.setup()
+    assert all(x.is_cuda and y.is_cuda for x, y in dm.splits.values())
+    x, _ = next(iter(dm.train_dataloader()))
+    assert x.is_cuda and x.dtype == torch.uint8
+    assert dm.normalize_batch(x).is_cuda
