@@ -100,8 +100,7 @@ def mnist_files(name: str, cls: type) -> VisionFiles:
     folder = f"{cls.__name__}/raw"  # torchvision's raw_folder, relative to root
     archives = tuple(f"{folder}/{filename}" for filename, _ in cls.resources)
     files = tuple(os.path.splitext(filename)[0] for filename, _ in cls.resources)
-    urls = tuple(mirror for mirror in cls.mirrors)
-    return VisionFiles(name, cls, folder, files, archives, urls, check_idx)
+    return VisionFiles(name, cls, folder, files, archives, tuple(cls.mirrors), check_idx)
 
 
 def cifar_files(name: str, cls: type) -> VisionFiles:
