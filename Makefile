@@ -44,6 +44,17 @@ train-batchnorm: $(STAMP) ## ReLU + He init + BatchNorm
 train-residual: $(STAMP) ## the article's ModernDeepNetwork: 20 residual blocks
 	$(BIN)/python -m gradwatch.train experiment=residual $(ARGS)
 
+# -- real image data (issue 4): MNIST / Fashion-MNIST / CIFAR-10 and the article's CNN --
+.PHONY: train-seed-mnist train-resnet-cnn train-plain-cnn
+train-seed-mnist: $(STAMP) ## the article's exact MNIST run (downloads MNIST); writes gradient_norms_training.png
+	$(BIN)/python -m gradwatch.train experiment=seed_mnist $(ARGS)
+
+train-resnet-cnn: $(STAMP) ## the article's ResidualBlock CNN (digits offline; ARGS="data=cifar10" for CIFAR-10)
+	$(BIN)/python -m gradwatch.train experiment=resnet_cnn $(ARGS)
+
+train-plain-cnn: $(STAMP) ## the same CNN without skips, to compare with train-resnet-cnn
+	$(BIN)/python -m gradwatch.train experiment=plain_cnn $(ARGS)
+
 test: $(STAMP) ## run the test suite (offline, CPU)
 	$(BIN)/python -m pytest
 

@@ -13,6 +13,7 @@ class DigitsDataModule(InMemoryDataModule):
 
     input_shape = (1, 8, 8)
     num_classes = 10
+    pixel_max = 16.0
 
     def load(self):
         digits = load_digits()
