@@ -6,10 +6,12 @@ STAMP  := $(VENV)/.installed
 ARGS   ?=
 LOG_DIR ?= logs
 PORT   ?= 6006
+SWEEP  ?= small
+RUN    ?=
 
 .DEFAULT_GOAL := help
 .PHONY: help install train train-sigmoid train-tanh train-relu train-batchnorm train-residual \
-        test lint tensorboard clean distclean
+        test lint tensorboard clean distclean sweep report theory
 
 help: ## list the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | \
@@ -43,6 +45,18 @@ train-batchnorm: $(STAMP) ## ReLU + He init + BatchNorm
 
 train-residual: $(STAMP) ## the article's ModernDeepNetwork: 20 residual blocks
 	$(BIN)/python -m gradwatch.train experiment=residual $(ARGS)
+
+# Sweeps: the grid lives in configs/sweep/$(SWEEP).yaml. The report runs even when a job
+# failed (it lists the failures); the target then exits with the sweep's status.
+sweep: $(STAMP) ## multirun: the article's networks x depths in parallel, then the report (SWEEP=small|full)
+	$(BIN)/python -m gradwatch.train sweep=$(SWEEP) paths.log_dir=$(LOG_DIR) $(ARGS); status=$$?; \
+		$(BIN)/python -m gradwatch.report --log-dir $(LOG_DIR) && exit $$status
+
+report: $(STAMP) ## tables, figures and claims of the newest multirun (or RUN=dir) into <dir>/report/
+	$(BIN)/python -m gradwatch.report $(if $(RUN),$(RUN),--log-dir $(LOG_DIR))
+
+theory: $(STAMP) ## the article's numpy demos, corrected: figures into logs/theory/
+	$(BIN)/python -m gradwatch.report.theory --out $(LOG_DIR)/theory
 
 test: $(STAMP) ## run the test suite (offline, CPU)
 	$(BIN)/python -m pytest
