@@ -8,6 +8,7 @@ from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
+from matplotlib.ticker import NullLocator
 
 from gradwatch.plots import plot_norms_over_training, plt, read_grad_norms
 from gradwatch.report.collect import Job
@@ -159,6 +160,10 @@ def accuracy_vs_depth(jobs: list[Job], path: Path) -> None:
     ax.axhline(CHANCE_ACCURACY, color="gray", linestyle=":", label="chance (10 classes)")
     ax.set_ylim(0, 1.02)
     ax.set_xscale("log")
+    depths = sorted({j.depth for group in by_experiment(jobs).values() for j in group})
+    if depths:
+        ax.set_xticks(depths, [str(d) for d in depths])
+        ax.xaxis.set_minor_locator(NullLocator())
     ax.set_xlabel("depth (hidden layers, or residual blocks; log scale)")
     ax.set_ylabel("accuracy")
     ax.set_title("Accuracy at the end of training vs depth")
