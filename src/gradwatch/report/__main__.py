@@ -34,7 +34,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{len(jobs)} jobs ({done} completed, {len(jobs) - done} not); claims: {counts}")
     for job in jobs:
         if not job.completed:
-            print(f"  job {job.job} {job.status}: {job.error or ''}")
+            print(f"  job {job.job} {job.status}: {job.error_line}")
     print(f"report: {report.out_dir / 'index.html'}")
     return 0
 

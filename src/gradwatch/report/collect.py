@@ -54,6 +54,11 @@ class Job:
         return self.status == "completed"
 
     @property
+    def error_line(self) -> str:
+        """The error on one line (Hydra's instantiation errors span several)."""
+        return " ".join((self.error or "").split())
+
+    @property
     def grad_norms(self) -> Path:
         return self.path / GRAD_NORMS_FILE
 

@@ -89,7 +89,7 @@ def write_html(
         parts += [
             f"<li>job {escape(job.job)} ({escape(job.experiment)}, <code>"
             f"{escape(job.overrides)}</code>): {escape(job.status)}"
-            + (f": {escape(job.error)}" if job.error else "")
+            + (f": {escape(job.error_line)}" if job.error else "")
             + "</li>"
             for job in failed
         ]

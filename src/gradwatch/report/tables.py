@@ -87,7 +87,7 @@ def write_markdown(jobs: list[Job], path: Path, title: str) -> None:
         parts += ["", "## Jobs that did not complete", ""]
         parts += [
             f"- job {job.job} ({job.experiment}, `{job.overrides}`): {job.status}"
-            + (f": {job.error}" if job.error else "")
+            + (f": {job.error_line}" if job.error else "")
             for job in failed
         ]
     path.write_text("\n".join(parts) + "\n")
