@@ -159,6 +159,7 @@ def test_summary_csv_and_md_have_one_row_per_job(report):
     assert rows[5]["status"] == "failed" and rows[5]["error"] == "ValueError: boom"
     md = (report.out_dir / "summary.md").read_text()
     assert "0 (underflow)" in md  # the depth-20 sigmoid's ratio of exactly 0
+    assert "| experiment=sigmoid model.net.depth=10 |" in md  # what the sweep varied
     assert "job 5 (relu, `experiment=relu model.net.depth=20`): failed: ValueError: boom" in md
 
 

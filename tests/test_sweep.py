@@ -13,6 +13,7 @@ import pytest
 import yaml
 from hydra import compose, initialize_config_dir
 
+from gradwatch.sweep import single_job_argv
 from tests.conftest import CONFIG_DIR, run_cli
 
 FAST = ["debug=fast", "logger=csv"]
@@ -130,14 +131,15 @@ def test_report_files_exist_and_index_links_only_them(report_run):
     assert all((out / ref).is_file() for ref in refs), refs
 
 
-def test_submitit_local_runs_a_two_job_sweep(tmp_path):
+def test_submitit_local_runs_a_two_job_sweep_in_one_wandb_group(tmp_path):
     result = run_cli(
         "sweep=small",
         "hydra/launcher=submitit_local",
         "hydra.launcher.timeout_min=5",
         "experiment=relu",
         "model.net.depth=2,3",
-        *FAST,
+        "debug=fast",
+        "logger=wandb",  # offline (conftest)
         f"paths.log_dir={tmp_path}",
         cwd=tmp_path,
     )
@@ -148,6 +150,11 @@ def test_submitit_local_runs_a_two_job_sweep(tmp_path):
         (2, "completed"),
         (3, "completed"),
     ]
+    # Two processes, one W&B group named after the sweep (W&B's offline run files hold it).
+    group = f"sweep_small_{multirun.name}".encode()
+    for job in job_dirs(multirun):
+        (run_file,) = job.glob("wandb/offline-run-*/run-*.wandb")
+        assert group in run_file.read_bytes()
 
 
 def test_optuna_preset_runs_trials_and_maximizes_the_returned_metric(tmp_path):
@@ -195,7 +202,7 @@ def test_ddp_inside_a_multirun_makes_exactly_the_expected_job_directories(tmp_pa
         assert len(rows) == 3 * (depth + 1)  # 3 steps x layers, written once (by rank 0)
 
 
-def test_presets_compose_for_slurm_and_name_the_wandb_group_after_the_sweep():
+def test_slurm_preset_makes_one_task_per_device():
     with initialize_config_dir(str(CONFIG_DIR), version_base="1.3"):
         cfg = compose(
             "train",
@@ -205,7 +212,17 @@ def test_presets_compose_for_slurm_and_name_the_wandb_group_after_the_sweep():
     launcher = cfg.hydra.launcher
     assert launcher._target_.endswith("SlurmLauncher")
     assert launcher.tasks_per_node == launcher.gpus_per_node == cfg.trainer.devices == 4
-    sweep_dir = Path(cfg.hydra.sweep.dir)
-    assert sweep_dir.parent.parent.name == "sweep_full"
-    group = cfg.hydra.job.env_set["WANDB_RUN_GROUP"]  # W&B reads it when logger.wandb.group is null
-    assert group == f"sweep_full_{sweep_dir.name}"
+    assert Path(cfg.hydra.sweep.dir).parent.parent.name == "sweep_full"
+
+
+def test_single_job_argv_keeps_config_flags_and_drops_the_sweep():
+    argv = ["train.py", "-m", "--config-name", "train", "experiment=a,b", "-cp=/x", "seed=1"]
+    assert single_job_argv(argv, ["experiment=b", "seed=1"]) == [
+        "train.py",
+        "--config-name",
+        "train",
+        "-cp=/x",
+        "experiment=b",
+        "seed=1",
+        "hydra.mode=RUN",
+    ]

@@ -8,7 +8,7 @@ from pathlib import Path
 from gradwatch.report.claims import NOT_MEASURED, PASS, Claim
 from gradwatch.report.collect import Job
 from gradwatch.report.figures import FIGURES
-from gradwatch.report.tables import MD_COLUMNS, fmt_cell
+from gradwatch.report.tables import table_rows
 
 THEORY_FIGURES = {
     "activation_comparison.png": "Sigmoid, tanh and ReLU and their derivatives",
@@ -50,9 +50,9 @@ def _claims_table(claims: list[Claim]) -> str:
 
 
 def _jobs_table(jobs: list[Job]) -> str:
-    rows = [[escape(fmt_cell(k, getattr(job, k))) for k, _ in MD_COLUMNS] for job in jobs]
+    headers, rows = table_rows(jobs)
     classes = ["" if job.completed else "failed" for job in jobs]
-    return _table([title for _, title in MD_COLUMNS], rows, classes)
+    return _table(headers, [[escape(cell) for cell in row] for row in rows], classes)
 
 
 def _figure(name: str, caption: str) -> str:

@@ -47,6 +47,16 @@ def fmt_cell(key: str, value: object) -> str:
     return "-" if value is None else str(value)
 
 
+def swept_overrides(jobs: list[Job]) -> dict[str, str]:
+    """Each job's overrides whose value differs between jobs (what the sweep varied)."""
+    parsed = {
+        job.job: dict(o.split("=", 1) for o in job.overrides.split() if "=" in o) for job in jobs
+    }
+    keys = {k for overrides in parsed.values() for k in overrides}
+    varied = sorted(k for k in keys if len({o.get(k) for o in parsed.values()}) > 1)
+    return {job: " ".join(f"{k}={o[k]}" for k in varied if k in o) for job, o in parsed.items()}
+
+
 def write_csv(jobs: list[Job], path: Path) -> None:
     with path.open("w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=COLUMNS)
@@ -59,13 +69,20 @@ def _md_row(cells: list[str]) -> str:
     return "| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |"
 
 
-def markdown_table(jobs: list[Job]) -> str:
-    lines = [
-        _md_row([title for _, title in MD_COLUMNS]),
-        _md_row(["---"] * len(MD_COLUMNS)),
+def table_rows(jobs: list[Job]) -> tuple[list[str], list[list[str]]]:
+    """Headers and formatted cells: the summary columns and what the sweep varied."""
+    swept = swept_overrides(jobs)
+    headers = [title for _, title in MD_COLUMNS] + ["swept overrides"]
+    rows = [
+        [fmt_cell(k, getattr(job, k)) for k, _ in MD_COLUMNS] + [swept[job.job]] for job in jobs
     ]
-    lines += [_md_row([fmt_cell(k, getattr(job, k)) for k, _ in MD_COLUMNS]) for job in jobs]
-    return "\n".join(lines)
+    return headers, rows
+
+
+def markdown_table(jobs: list[Job]) -> str:
+    headers, rows = table_rows(jobs)
+    lines = [_md_row(headers), _md_row(["---"] * len(headers))]
+    return "\n".join(lines + [_md_row(row) for row in rows])
 
 
 def failures(jobs: list[Job]) -> list[Job]:
