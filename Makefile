@@ -6,12 +6,10 @@ STAMP  := $(VENV)/.installed
 ARGS   ?=
 LOG_DIR ?= logs
 PORT   ?= 6006
-SWEEP  ?= small
-RUN    ?=
 
 .DEFAULT_GOAL := help
 .PHONY: help install train train-sigmoid train-tanh train-relu train-batchnorm train-residual \
-        test lint tensorboard clean distclean sweep report theory
+        test lint tensorboard clean distclean
 
 help: ## list the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | \
@@ -46,8 +44,21 @@ train-batchnorm: $(STAMP) ## ReLU + He init + BatchNorm
 train-residual: $(STAMP) ## the article's ModernDeepNetwork: 20 residual blocks
 	$(BIN)/python -m gradwatch.train experiment=residual $(ARGS)
 
-# Sweeps: the grid lives in configs/sweep/$(SWEEP).yaml. The report runs even when a job
-# failed (it lists the failures); the target then exits with the sweep's status.
+test: $(STAMP) ## run the test suite (offline, CPU)
+	$(BIN)/python -m pytest
+
+lint: $(STAMP) ## ruff check
+	$(BIN)/ruff check .
+
+tensorboard: $(STAMP) ## serve the logs on http://127.0.0.1:$(PORT)
+	$(BIN)/tensorboard --logdir $(LOG_DIR) --host 127.0.0.1 --port $(PORT)
+
+# -- sweeps and the comparison report (issue 5) --
+# The grid lives in configs/sweep/$(SWEEP).yaml. The report runs even when a job failed (it
+# lists the failures); the target then exits with the sweep's status.
+.PHONY: sweep report theory
+SWEEP ?= small
+RUN   ?=
 sweep: $(STAMP) ## multirun: the article's networks x depths in parallel, then the report (SWEEP=small|full)
 	$(BIN)/python -m gradwatch.train sweep=$(SWEEP) paths.log_dir=$(LOG_DIR) $(ARGS); status=$$?; \
 		$(BIN)/python -m gradwatch.report --log-dir $(LOG_DIR) && exit $$status
@@ -57,15 +68,6 @@ report: $(STAMP) ## tables, figures and claims of the newest multirun (or RUN=di
 
 theory: $(STAMP) ## the article's numpy demos, corrected: figures into logs/theory/
 	$(BIN)/python -m gradwatch.report.theory --out $(LOG_DIR)/theory
-
-test: $(STAMP) ## run the test suite (offline, CPU)
-	$(BIN)/python -m pytest
-
-lint: $(STAMP) ## ruff check
-	$(BIN)/ruff check .
-
-tensorboard: $(STAMP) ## serve the logs on http://127.0.0.1:$(PORT)
-	$(BIN)/tensorboard --logdir $(LOG_DIR) --host 127.0.0.1 --port $(PORT)
 
 clean: ## delete logs and caches (keeps .venv)
 	rm -rf $(LOG_DIR) outputs multirun lightning_logs wandb .pytest_cache .ruff_cache
