@@ -64,6 +64,22 @@ lint: $(STAMP) ## ruff check
 tensorboard: $(STAMP) ## serve the logs on http://127.0.0.1:$(PORT)
 	$(BIN)/tensorboard --logdir $(LOG_DIR) --host 127.0.0.1 --port $(PORT)
 
+# -- sweeps and the comparison report (issue 5) --
+# The grid lives in configs/sweep/$(SWEEP).yaml. The report runs even when a job failed (it
+# lists the failures); the target then exits with the sweep's status.
+.PHONY: sweep report theory
+SWEEP ?= small
+RUN   ?=
+sweep: $(STAMP) ## multirun: the article's networks x depths in parallel, then the report (SWEEP=small|full)
+	$(BIN)/python -m gradwatch.train sweep=$(SWEEP) paths.log_dir=$(LOG_DIR) $(ARGS); status=$$?; \
+		$(BIN)/python -m gradwatch.report --log-dir $(LOG_DIR) && exit $$status
+
+report: $(STAMP) ## tables, figures and claims of the newest multirun (or RUN=dir) into <dir>/report/
+	$(BIN)/python -m gradwatch.report $(if $(RUN),$(RUN),--log-dir $(LOG_DIR))
+
+theory: $(STAMP) ## the article's numpy demos, corrected: figures into logs/theory/
+	$(BIN)/python -m gradwatch.report.theory --out $(LOG_DIR)/theory
+
 clean: ## delete logs and caches (keeps .venv)
 	rm -rf $(LOG_DIR) outputs multirun lightning_logs wandb .pytest_cache .ruff_cache
 	find . -name __pycache__ -not -path "./$(VENV)/*" -prune -exec rm -rf {} +

@@ -31,7 +31,7 @@ def update_summary(run_dir: str | os.PathLike, **fields: Any) -> dict[str, Any]:
     path = Path(run_dir) / SUMMARY_FILE
     path.parent.mkdir(parents=True, exist_ok=True)
     summary = {**read_summary(run_dir), **_jsonable(fields)}
-    tmp = path.with_suffix(".json.tmp")
+    tmp = path.with_suffix(f".json.{os.getpid()}.tmp")  # DDP ranks may write at once
     tmp.write_text(json.dumps(summary, indent=2, sort_keys=True) + "\n")
     os.replace(tmp, path)
     return summary

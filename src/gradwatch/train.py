@@ -18,6 +18,7 @@ from omegaconf import DictConfig, OmegaConf
 from gradwatch.callbacks import GradientNormCallback
 from gradwatch.console import print_report
 from gradwatch.summary import update_summary
+from gradwatch.sweep import multirun_job
 
 
 def _instantiate_group(group: DictConfig | None) -> list[Any]:
@@ -82,7 +83,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
 
 @hydra.main(version_base="1.3", config_path="../../configs", config_name="train.yaml")
 def main(cfg: DictConfig) -> float | None:
-    summary = train(cfg)
+    with multirun_job():
+        summary = train(cfg)
     # The metric a sweeper (Optuna) optimizes.
     return summary["metrics"].get(cfg.get("optimized_metric", "val/acc"))
 
