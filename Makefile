@@ -9,7 +9,7 @@ PORT   ?= 6006
 
 .DEFAULT_GOAL := help
 .PHONY: help install train train-sigmoid train-tanh train-relu train-batchnorm train-residual \
-        test lint tensorboard clean distclean
+        test lint tensorboard clean distclean bench
 
 help: ## list the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | \
@@ -52,6 +52,11 @@ lint: $(STAMP) ## ruff check
 
 tensorboard: $(STAMP) ## serve the logs on http://127.0.0.1:$(PORT)
 	$(BIN)/tensorboard --logdir $(LOG_DIR) --host 127.0.0.1 --port $(PORT)
+
+# Benchmarks: BENCH_ARGS="--quick --repeats 1 --groups training" picks a subset.
+BENCH_ARGS ?=
+bench: $(STAMP) ## benchmark table (steps/s vs a plain PyTorch loop, sweep speedup) into logs/bench/
+	$(BIN)/python -m gradwatch.bench --out $(LOG_DIR)/bench $(BENCH_ARGS)
 
 clean: ## delete logs and caches (keeps .venv)
 	rm -rf $(LOG_DIR) outputs multirun lightning_logs wandb .pytest_cache .ruff_cache
