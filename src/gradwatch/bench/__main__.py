@@ -52,6 +52,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--repeats", type=int, default=5, help="timed repeats per row")
     parser.add_argument("--quick", action="store_true", help="shorter runs, long rows skipped")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
+    parser.add_argument(
+        "--clock",
+        choices=["wall", "cpu"],
+        default="wall",
+        help="time rates with wall time (default) or this process's CPU time (shared machines)",
+    )
     parser.add_argument("--out", type=Path, default=Path("logs/bench"), help="output folder")
     args = parser.parse_args(argv)
     args.groups = [g.strip() for g in args.groups.split(",") if g.strip()]
@@ -97,7 +103,7 @@ def markdown(rows: list[Row], meta: dict) -> str:
     lines = [
         f"Benchmark {meta['started']}: {meta['machine']['cpu']}, {meta['machine']['cores']} "
         f"cores, torch {meta['machine']['torch']}, {meta['threads']} torch thread(s), "
-        f"{meta['repeats']} repeats{' (quick)' if meta['quick'] else ''}, "
+        f"{meta['repeats']} repeats{' (quick)' if meta['quick'] else ''}, {meta['clock']} clock, "
         f"load average {meta['machine']['load_avg_1m']} at start.",
         "",
         "| group | row | median | unit | vs | ratio | note |",
@@ -128,11 +134,13 @@ def write(rows: list[Row], meta: dict, out: Path) -> tuple[Path, Path]:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     pin_threads(args.threads)
+    os.environ["GRADWATCH_BENCH_CLOCK"] = args.clock
     started = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
     meta = {
         "started": started,
         "machine": machine(),
         "threads": args.threads,
+        "clock": args.clock,
         "repeats": args.repeats,
         "quick": args.quick,
         "groups": args.groups,

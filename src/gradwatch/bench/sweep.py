@@ -25,7 +25,9 @@ from gradwatch.bench.training import CONFIG_DIR
 GROUP = "sweep"
 PRESET = CONFIG_DIR / "sweep" / "small.yaml"
 #: The networks x depths of ``make sweep``, as overrides, until the sweep preset exists.
-FALLBACK_GRID = ["experiment=sigmoid,tanh,relu,batchnorm,residual", "model.net.depth=5,10,20"]
+#: Longest jobs first (Hydra runs the first override's values outermost): a long job left
+#: for last would run alone on one core while the other idles.
+FALLBACK_GRID = ["model.net.depth=20,10,5", "experiment=residual,batchnorm,relu,tanh,sigmoid"]
 QUICK_GRID = ["experiment=sigmoid,relu", "model.net.depth=5", "debug=fast"]
 JOBS = (1, 2)
 

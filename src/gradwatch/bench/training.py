@@ -7,6 +7,7 @@ with the same network (same config, same seed), batch and Adam(lr=1e-3):
   (zero_grad, forward, cross-entropy, backward, step); the baseline of every row;
 - ``plain loop + .item() norms``: the same, recording every parameter's gradient norm with
   ``.item()`` each step, as the article monitors them;
+- ``plain loop + fused Adam``: the same with ``Adam(fused=True)``, which our config uses;
 - ``gradwatch``: ``configs/train.yaml`` composed with Hydra's compose API (default callbacks
   and logger, no progress bar, no validation, no test) and ``Trainer.fit``;
 - ``gradwatch, grad norms every step``: the same with ``callbacks.grad_norm.log_every_n_steps=1``;
@@ -15,13 +16,16 @@ with the same network (same config, same seed), batch and Adam(lr=1e-3):
 
 Steps/s are taken over whole epochs after one warm-up epoch, so per-epoch costs (the
 checkpoint, the DataLoader's reshuffle) count and one-off start-up does not. Variants run
-interleaved, ``repeats`` rounds each, and the median is reported.
+interleaved, ``repeats`` rounds each, and the median is reported. Times are wall time,
+or CPU time of this process with ``--clock cpu`` (one torch thread, so CPU time is the work
+done, whatever else shares the machine).
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import statistics
 import tempfile
 import time
@@ -43,8 +47,15 @@ from gradwatch.train import _instantiate_group
 
 GROUP = "training"
 CONFIG_DIR = Path(gradwatch.__file__).resolve().parents[2] / "configs"
+#: ``GRADWATCH_BENCH_CLOCK=cpu`` (``--clock cpu``) times with this process's CPU time, which
+#: other jobs on a shared machine inflate far less than wall time; the default is wall time.
+CLOCKS = {"wall": time.perf_counter, "cpu": time.process_time}
 #: network -> (warm-up epochs, timed epochs, timed epochs when quick); digits: 10 steps/epoch
 EPOCHS = {"sigmoid": (1, 8, 2), "residual": (1, 2, 1)}
+
+
+def clock() -> float:
+    return CLOCKS[os.environ.get("GRADWATCH_BENCH_CLOCK", "wall")]()
 
 
 def compose_config(experiment: str, log_dir: str, *overrides: str) -> DictConfig:
@@ -77,12 +88,12 @@ class EpochClock(L.Callback):
 
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if trainer.current_epoch == self.warmup_epochs:
-            self.start, self.start_step = time.perf_counter(), trainer.global_step
+            self.start, self.start_step = clock(), trainer.global_step
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         assert self.start is not None, "no timed epoch ran"
         steps = trainer.global_step - self.start_step
-        self.steps_per_s = steps / (time.perf_counter() - self.start)
+        self.steps_per_s = steps / (clock() - self.start)
 
 
 def stack_steps_per_s(cfg: DictConfig, warmup: int, epochs: int) -> float:
@@ -96,22 +107,27 @@ def stack_steps_per_s(cfg: DictConfig, warmup: int, epochs: int) -> float:
     )
     module_cfg = OmegaConf.masked_copy(cfg.model, [k for k in cfg.model if k != "net"])
     model = instantiate(module_cfg, net=net, num_classes=datamodule.num_classes)
-    clock = EpochClock(warmup)
+    timer = EpochClock(warmup)
     trainer = instantiate(
         cfg.trainer,
         max_epochs=warmup + epochs,
-        callbacks=[*_instantiate_group(cfg.get("callbacks")), clock],
+        callbacks=[*_instantiate_group(cfg.get("callbacks")), timer],
         logger=_instantiate_group(cfg.get("logger")) or False,
     )
     try:
         trainer.fit(model, datamodule=datamodule)
     finally:
         torch.set_flush_denormal(False)
-    return clock.steps_per_s
+    return timer.steps_per_s
 
 
 def plain_loop_steps_per_s(
-    cfg: DictConfig, warmup: int, epochs: int, item_norms: bool = False, compiled: bool = False
+    cfg: DictConfig,
+    warmup: int,
+    epochs: int,
+    item_norms: bool = False,
+    compiled: bool = False,
+    fused: bool = False,
 ) -> float:
     """The article's training loop on the same network, data and batch size."""
     torch.manual_seed(cfg.seed)
@@ -124,12 +140,12 @@ def plain_loop_steps_per_s(
     )
     forward = torch.compile(model) if compiled else model
     criterion = nn.CrossEntropyLoss()
-    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.model.optimizer.lr)
+    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.model.optimizer.lr, fused=fused)
     norms: list[float] = []
     steps, start = 0, 0.0
     for epoch in range(warmup + epochs):
         if epoch == warmup:
-            steps, start = 0, time.perf_counter()
+            steps, start = 0, clock()
         for data, target in loader:
             optimizer.zero_grad()
             loss = criterion(forward(data), target)
@@ -138,7 +154,7 @@ def plain_loop_steps_per_s(
                 norms += [p.grad.norm().item() for p in model.parameters() if p.grad is not None]
             optimizer.step()
             steps += 1
-    return steps / (time.perf_counter() - start)
+    return steps / (clock() - start)
 
 
 def compile_works() -> str | None:
@@ -191,6 +207,7 @@ def network_rows(experiment: str, repeats: int, quick: bool, log_dir: str) -> li
         "plain loop + .item() norms": lambda: plain_loop_steps_per_s(
             cfg, warmup, epochs, item_norms=True
         ),
+        "plain loop + fused Adam": lambda: plain_loop_steps_per_s(cfg, warmup, epochs, fused=True),
         "gradwatch": lambda: stack_steps_per_s(cfg, warmup, epochs),
         "gradwatch, grad norms every step": lambda: stack_steps_per_s(every_step, warmup, epochs),
     }
