@@ -94,7 +94,7 @@ def run(repeats: int, quick: bool) -> list[Row]:
             "s",
             baseline=None if n == 1 else "1 job (joblib)",
             repeats=rounds,
-            note=f"{source}; {jobs_note}; {cores} cores; torch_threads=1",
+            note=f"{source}; {jobs_note}; {cores} cores; torch_threads=1; wall time",
         )
         for n, values in times.items()
     ]

@@ -11,7 +11,9 @@ with the same network (same config, same seed), batch and Adam(lr=1e-3):
 - ``gradwatch``: ``configs/train.yaml`` composed with Hydra's compose API (default callbacks
   and logger, no progress bar, no validation, no test) and ``Trainer.fit``;
 - ``gradwatch, grad norms every step``: the same with ``callbacks.grad_norm.log_every_n_steps=1``;
-- sigmoid, ``flush_denormal``: our stack with ``flush_denormal=true``;
+- ``gradwatch, no checkpoint`` and ``Lightning alone``: where the stack's time goes;
+- a 20-layer sigmoid MLP (which, unlike the 10-layer one, makes subnormal floats): our
+  stack with ``flush_denormal=true`` vs without;
 - residual, not quick: ``plain loop, torch.compile`` (where inductor works on this CPU).
 
 Steps/s are taken over whole epochs after one warm-up epoch, so per-epoch costs (the
@@ -50,6 +52,10 @@ CONFIG_DIR = Path(gradwatch.__file__).resolve().parents[2] / "configs"
 #: ``GRADWATCH_BENCH_CLOCK=cpu`` (``--clock cpu``) times with this process's CPU time, which
 #: other jobs on a shared machine inflate far less than wall time; the default is wall time.
 CLOCKS = {"wall": time.perf_counter, "cpu": time.process_time}
+#: Lightning adds a ModelCheckpoint of its own unless checkpointing is switched off.
+NO_CHECKPOINT = ("~callbacks.model_checkpoint", "+trainer.enable_checkpointing=false")
+#: The Trainer with nothing of ours but the module and data: Lightning's own per-step cost.
+BARE = ("callbacks=none", "logger=none", "+trainer.enable_checkpointing=false")
 #: network -> (warm-up epochs, timed epochs, timed epochs when quick); digits: 10 steps/epoch
 EPOCHS = {"sigmoid": (1, 8, 2), "residual": (1, 2, 1)}
 
@@ -202,6 +208,9 @@ def network_rows(experiment: str, repeats: int, quick: bool, log_dir: str) -> li
     epochs = quick_epochs if quick else epochs
     cfg = compose_config(experiment, log_dir)
     every_step = compose_config(experiment, log_dir, "callbacks.grad_norm.log_every_n_steps=1")
+    # Where the stack's time goes: without the per-epoch checkpoint, and Lightning alone.
+    no_checkpoint = compose_config(experiment, log_dir, *NO_CHECKPOINT)
+    bare = compose_config(experiment, log_dir, *BARE)
     variants: dict[str, Callable[[], float]] = {
         "plain loop": lambda: plain_loop_steps_per_s(cfg, warmup, epochs),
         "plain loop + .item() norms": lambda: plain_loop_steps_per_s(
@@ -210,14 +219,15 @@ def network_rows(experiment: str, repeats: int, quick: bool, log_dir: str) -> li
         "plain loop + fused Adam": lambda: plain_loop_steps_per_s(cfg, warmup, epochs, fused=True),
         "gradwatch": lambda: stack_steps_per_s(cfg, warmup, epochs),
         "gradwatch, grad norms every step": lambda: stack_steps_per_s(every_step, warmup, epochs),
+        "gradwatch, no checkpoint": lambda: stack_steps_per_s(no_checkpoint, warmup, epochs),
+        "Lightning alone": lambda: stack_steps_per_s(bare, warmup, epochs),
     }
     notes = {
         "plain loop": "DataLoader(TensorDataset), shuffle",
         "gradwatch": "Hydra config, Trainer.fit, default callbacks + logger, no val",
+        "gradwatch, no checkpoint": "default callbacks minus ModelCheckpoint",
+        "Lightning alone": "no callbacks, logger or checkpoint",
     }
-    if experiment == "sigmoid":
-        flush = compose_config(experiment, log_dir, "flush_denormal=true")
-        variants["gradwatch, flush_denormal"] = lambda: stack_steps_per_s(flush, warmup, epochs)
     compile_note = None
     if experiment == "residual" and not quick:
         compile_note = compile_works()
@@ -248,10 +258,32 @@ def network_rows(experiment: str, repeats: int, quick: bool, log_dir: str) -> li
     return rows
 
 
+def flush_denormal_rows(repeats: int, quick: bool, log_dir: str) -> list[Row]:
+    """Our stack with and without ``flush_denormal`` on a 20-layer sigmoid MLP.
+
+    The 10-layer net makes no subnormal floats on digits; at depth 20 the input-side
+    gradients are ~1e-19, so Adam's squared-gradient average falls below 1.2e-38.
+    """
+    warmup, epochs, quick_epochs = EPOCHS["sigmoid"]
+    epochs = quick_epochs if quick else epochs
+    name = "sigmoid depth 20: gradwatch"
+    deep = ("model.net.depth=20",)
+    cfgs = {
+        name: compose_config("sigmoid", log_dir, *deep),
+        f"{name}, flush_denormal": compose_config("sigmoid", log_dir, *deep, "flush_denormal=true"),
+    }
+    variants = {k: (lambda c=c: stack_steps_per_s(c, warmup, epochs)) for k, c in cfgs.items()}
+    return [
+        Row(GROUP, k, v, "steps/s", baseline=None if k == name else name, repeats=repeats)
+        for k, v in interleaved_medians(variants, repeats).items()
+    ]
+
+
 def run(repeats: int, quick: bool) -> list[Row]:
     with tempfile.TemporaryDirectory(prefix="gradwatch-bench-") as log_dir, _quiet():
-        return [
+        rows = [
             row
             for experiment in EPOCHS
             for row in network_rows(experiment, repeats, quick, log_dir)
         ]
+        return rows + flush_denormal_rows(repeats, quick, log_dir)
