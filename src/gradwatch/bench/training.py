@@ -140,6 +140,10 @@ def plain_loop_steps_per_s(
     datamodule = instantiate(cfg.data)
     datamodule.setup("fit")
     x, y = datamodule.splits["train"]
+    # Datamodules that normalize each batch on the fly (normalize_batch): give the plain loop
+    # the same inputs, normalized once up front as a hand-written loop would hold them.
+    if callable(normalize := getattr(datamodule, "normalize_batch", None)):
+        x = normalize(x)
     loader = DataLoader(TensorDataset(x, y), batch_size=cfg.data.batch_size, shuffle=True)
     model = instantiate(
         cfg.model.net, input_shape=datamodule.input_shape, num_classes=datamodule.num_classes
