@@ -13,7 +13,8 @@ import pytest
 
 import gradwatch.bench
 from gradwatch.bench import __main__ as harness
-from gradwatch.bench import training
+from gradwatch.bench import sweep, training
+from gradwatch.bench.core import with_ratios
 
 TINY_GROUP = textwrap.dedent(
     """
@@ -100,3 +101,21 @@ def test_interleaved_medians_rotate_the_order():
     }
     assert training.interleaved_medians(variants, repeats=3) == {"a": 3.0, "b": 2.0}
     assert calls == ["a", "b", "b", "a", "a", "b"]
+
+
+def test_sweep_ceiling_rows_compare_two_processes_with_one():
+    one, two = sweep.ceiling_rows(seconds=0.3)
+    assert one.value > 0 and two.value > 0 and two.baseline == one.name
+    assert with_ratios([one, two])[1].ratio == pytest.approx(two.value / one.value)
+
+
+def test_sweep_grid_uses_the_preset_when_there_is_one(tmp_path, monkeypatch):
+    grid, source = sweep.grid_overrides(quick=False)
+    if sweep.PRESET.exists():
+        assert grid in (["sweep=small"], ["+sweep=small"]) and "small.yaml" in source
+    else:
+        assert grid == sweep.FALLBACK_GRID and "not on this branch" in source
+    monkeypatch.setattr(sweep, "PRESET", tmp_path / "small.yaml")
+    (tmp_path / "small.yaml").write_text("# a preset\n")
+    assert sweep.grid_overrides(quick=False)[0][0].endswith("sweep=small")
+    assert "debug=fast" in sweep.grid_overrides(quick=True)[0]

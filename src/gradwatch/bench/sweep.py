@@ -4,7 +4,9 @@ The grid is the ``configs/sweep/small.yaml`` preset when it exists; otherwise th
 networks x depths given as command-line overrides (:data:`FALLBACK_GRID`). Each job uses
 one torch thread, so two jobs fill two cores without oversubscribing them. The full grid
 takes minutes, so ``--quick`` runs a two-network, one-depth grid of ``debug=fast`` jobs
-instead (a check that the rows work, not a speedup figure).
+instead (a check that the rows work, not a speedup figure). Two ``ceiling`` rows measure
+how much two one-thread processes get done at once against one, on this machine at this
+moment: a shared machine caps the sweep's speedup there, whatever the launcher does.
 """
 
 from __future__ import annotations
@@ -71,6 +73,43 @@ def run_sweep(grid: list[str], n_jobs: int, log_dir: Path) -> tuple[float, int, 
     return elapsed, done, len(summaries)
 
 
+#: A fixed single-threaded workload: matmuls per second over a few seconds.
+SPIN = """
+import time, torch
+torch.set_num_threads(1)
+a = torch.randn(256, 256)
+start, n = time.perf_counter(), 0
+while time.perf_counter() - start < {seconds}:
+    a @ a
+    n += 1
+print(n / (time.perf_counter() - start))
+"""
+
+
+def matmul_rate(processes: int, seconds: float) -> float:
+    """Matmuls/s of ``processes`` one-thread processes running at once, summed."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    code = SPIN.format(seconds=seconds)
+    procs = [
+        subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True, env=env)
+        for _ in range(processes)
+    ]
+    return sum(float(p.communicate()[0]) for p in procs)
+
+
+def ceiling_rows(seconds: float) -> list[Row]:
+    """What two processes get on this machine right now: the most any 2-job sweep can gain.
+
+    On a quiet 2-core machine the ratio is near 2; when other jobs hold the cores it drops
+    toward 1, and the sweep's speedup with it.
+    """
+    base = "ceiling: 1 process"
+    return [
+        Row(GROUP, base, matmul_rate(1, seconds), "matmul/s", note="one-thread 256x256 matmuls"),
+        Row(GROUP, "ceiling: 2 processes", matmul_rate(2, seconds), "matmul/s", baseline=base),
+    ]
+
+
 def run(repeats: int, quick: bool) -> list[Row]:
     if importlib.util.find_spec("hydra_plugins.hydra_joblib_launcher") is None:
         print("[bench] sweep: skipped, hydra-joblib-launcher is not installed", file=sys.stderr)
@@ -86,7 +125,7 @@ def run(repeats: int, quick: bool) -> list[Row]:
                 times[n_jobs].append(elapsed)
                 jobs_note = f"{done}/{total} jobs completed"
     cores = os.cpu_count()
-    return [
+    return ceiling_rows(2.0 if quick else 5.0) + [
         Row(
             GROUP,
             f"{n} job{'s' if n > 1 else ''} (joblib)",
