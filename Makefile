@@ -9,7 +9,7 @@ PORT   ?= 6006
 
 .DEFAULT_GOAL := help
 .PHONY: help install train train-sigmoid train-tanh train-relu train-batchnorm train-residual \
-        test lint tensorboard clean distclean
+        test lint tensorboard clean distclean bench
 
 help: ## list the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | \
@@ -79,6 +79,11 @@ report: $(STAMP) ## tables, figures and claims of the newest multirun (or RUN=di
 
 theory: $(STAMP) ## the article's numpy demos, corrected: figures into logs/theory/
 	$(BIN)/python -m gradwatch.report.theory --out $(LOG_DIR)/theory
+
+# Benchmarks: BENCH_ARGS="--quick --repeats 1 --groups training" picks a subset.
+BENCH_ARGS ?=
+bench: $(STAMP) ## benchmark table (steps/s vs a plain PyTorch loop, sweep speedup) into logs/bench/
+	$(BIN)/python -m gradwatch.bench --out $(LOG_DIR)/bench $(BENCH_ARGS)
 
 clean: ## delete logs and caches (keeps .venv)
 	rm -rf $(LOG_DIR) outputs multirun lightning_logs wandb .pytest_cache .ruff_cache

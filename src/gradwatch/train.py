@@ -43,6 +43,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     try:
         if cfg.get("torch_threads"):
             torch.set_num_threads(int(cfg.torch_threads))
+        torch.set_flush_denormal(bool(cfg.get("flush_denormal", False)))
         L.seed_everything(cfg.seed, workers=True)
         datamodule = instantiate(cfg.data)
         net = instantiate(

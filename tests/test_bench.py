@@ -1,0 +1,121 @@
+"""The benchmark harness discovers groups, writes its table, and refuses bad options.
+
+Timings are never asserted: only that the rows are measured, related and written.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import textwrap
+
+import pytest
+
+import gradwatch.bench
+from gradwatch.bench import __main__ as harness
+from gradwatch.bench import sweep, training
+from gradwatch.bench.core import with_ratios
+
+TINY_GROUP = textwrap.dedent(
+    """
+    from gradwatch.bench.core import Row, median_time
+
+    def run(repeats, quick):
+        slow = median_time(lambda: sum(range(20000)), repeats)
+        fast = median_time(lambda: sum(range(2000)), repeats)
+        return [
+            Row("tiny", "slow", slow, "s", repeats=repeats),
+            Row("tiny", "fast", fast, "s", baseline="slow", note="quick" if quick else ""),
+        ]
+    """
+)
+
+
+@pytest.fixture
+def tiny_group(tmp_path, monkeypatch):
+    """A group module ``tinygroup`` placed where the harness discovers groups."""
+    groups_dir = tmp_path / "groups"
+    groups_dir.mkdir()
+    (groups_dir / "tinygroup.py").write_text(TINY_GROUP)
+    monkeypatch.setattr(gradwatch.bench, "__path__", [*gradwatch.bench.__path__, str(groups_dir)])
+    yield "tinygroup"
+
+
+def test_discovers_every_group_module_but_core_and_main(tiny_group):
+    groups = harness.available_groups()
+    assert {"training", "sweep", tiny_group} <= set(groups)
+    assert "core" not in groups and "__main__" not in groups
+
+
+def test_quick_run_writes_json_and_markdown(tiny_group, tmp_path, capsys):
+    out = tmp_path / "bench"
+    assert (
+        harness.main(["--quick", "--repeats", "1", "--groups", tiny_group, "--out", str(out)]) == 0
+    )
+    latest = json.loads((out / "latest.json").read_text())
+    assert latest["quick"] is True and latest["repeats"] == 1 and latest["threads"] == 1
+    assert latest["machine"]["cores"] >= 1 and latest["groups"] == [tiny_group]
+    rows = {r["name"]: r for r in latest["rows"]}
+    assert rows.keys() == {"slow", "fast"}
+    fast, slow = rows["fast"], rows["slow"]
+    assert fast["note"] == "quick" and slow["ratio"] is None
+    assert fast["ratio"] == pytest.approx(slow["value"] / fast["value"])  # durations: base / value
+    stamped = sorted(out.glob("bench-*.json"))
+    assert len(stamped) == 1 and json.loads(stamped[0].read_text()) == latest
+    table = (out / "latest.md").read_text()
+    assert "| tiny | fast |" in table and f"{fast['ratio']:.2f}x" in table
+    assert table == stamped[0].with_suffix(".md").read_text()
+    assert "| tiny | slow |" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--groups", "nosuch"], "unknown benchmark group 'nosuch'. Valid choices:"),
+        (["--repeats", "0"], "--repeats must be a positive integer, got 0"),
+    ],
+)
+def test_bad_options_exit_nonzero_naming_the_value(args, message, tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        harness.main([*args, "--out", str(tmp_path)])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert message in err
+    assert not any(tmp_path.iterdir())
+
+
+def test_training_rows_measure_the_stack_and_the_plain_loop(tmp_path):
+    cfg = training.compose_config("sigmoid", str(tmp_path), "data.batch_size=512")
+    with training._quiet():
+        stack = training.stack_steps_per_s(cfg, warmup=1, epochs=1)
+        plain = training.plain_loop_steps_per_s(cfg, warmup=1, epochs=1, item_norms=True)
+    assert math.isfinite(stack) and stack > 0 and math.isfinite(plain) and plain > 0
+    assert list((tmp_path).glob("*/grad_norms.csv")), "the stack ran with its default callbacks"
+
+
+def test_interleaved_medians_rotate_the_order():
+    calls: list[str] = []
+    values = {"a": iter([1.0, 5.0, 3.0]), "b": iter([2.0, 2.0, 9.0])}
+    variants = {
+        name: (lambda name=name: calls.append(name) or next(values[name])) for name in values
+    }
+    assert training.interleaved_medians(variants, repeats=3) == {"a": 3.0, "b": 2.0}
+    assert calls == ["a", "b", "b", "a", "a", "b"]
+
+
+def test_sweep_ceiling_rows_compare_two_processes_with_one():
+    one, two = sweep.ceiling_rows(seconds=0.3)
+    assert one.value > 0 and two.value > 0 and two.baseline == one.name
+    assert with_ratios([one, two])[1].ratio == pytest.approx(two.value / one.value)
+
+
+def test_sweep_grid_uses_the_preset_when_there_is_one(tmp_path, monkeypatch):
+    grid, source = sweep.grid_overrides(quick=False)
+    if sweep.PRESET.exists():
+        assert grid in (["sweep=small"], ["+sweep=small"]) and "small.yaml" in source
+    else:
+        assert grid == sweep.FALLBACK_GRID and "not on this branch" in source
+    monkeypatch.setattr(sweep, "PRESET", tmp_path / "small.yaml")
+    (tmp_path / "small.yaml").write_text("# a preset\n")
+    assert sweep.grid_overrides(quick=False)[0][0].endswith("sweep=small")
+    assert "debug=fast" in sweep.grid_overrides(quick=True)[0]
