@@ -1,4 +1,6 @@
-"""GradientNormCallback: per-layer gradient norms, to every logger and to grad_norms.csv."""
+"""GradientNormCallback: per-layer gradient norms, weight norms and update ratios, to every
+logger and to grad_norms.csv, with a running verdict (vanishing / exploding / healthy /
+non-finite)."""
 
 from __future__ import annotations
 
@@ -13,25 +15,50 @@ import torch
 from lightning.pytorch.utilities import rank_zero_warn
 
 from gradwatch.callbacks.diagnosis import Diagnosis, diagnose
-from gradwatch.callbacks.layers import ForwardOrder, Layer, layer_grad_norms, parameter_layers
+from gradwatch.callbacks.layers import (
+    ForwardOrder,
+    Layer,
+    grouped_norms,
+    layer_grad_norms,
+    parameter_layers,
+    total_norm,
+)
+from gradwatch.callbacks.sinks import log_figure, log_histograms
 from gradwatch.summary import update_summary
 
 CSV_FILE = "grad_norms.csv"
-CSV_COLUMNS = ("step", "layer", "depth", "grad_norm")
+CSV_COLUMNS = ("step", "layer", "depth", "grad_norm", "weight_norm", "update_ratio")
+FIGURE_FILE = "gradient_flow.png"
+#: The running verdict (and its one-time warning) looks at this many recent logged steps.
+VERDICT_WINDOW = 20
+
+
+def _optional_positive_int(name: str, value: Any) -> None:
+    if value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name} must be a positive integer or null, got {value!r}.")
 
 
 class GradientNormCallback(L.Callback):
-    """Logs the gradient norm of every layer (module owning parameters) of any LightningModule.
+    """Logs the gradient norm, weight norm and update ratio of every layer of any LightningModule.
 
-    Layers are named by module path (``net.network.0``) and numbered by forward order
-    (depth 1 is nearest the input). Norms are taken in ``on_before_optimizer_step``: after
-    the backward pass (and DDP's all-reduce and AMP unscaling), before clipping and the
-    optimizer step, once per optimizer step under gradient accumulation.
+    A layer is a module that owns parameters, named by module path (``net.network.0``) and
+    numbered by forward order (depth 1 is nearest the input). Gradient norms are taken in
+    ``on_before_optimizer_step``: after the backward pass, DDP's all-reduce and AMP
+    unscaling, before clipping; once per optimizer step under gradient accumulation. The
+    rest (update ratio, clipped norm) is measured after ``optimizer.step`` and everything a
+    logging step needs crosses to the host in one transfer. Steps that do not log cost
+    nothing and never synchronize.
 
-    Logged keys: ``grad_norm/<layer>``, ``grad_norm/total`` and
-    ``grad_norm/first_last_ratio`` (first layer's norm / last layer's norm: below 1 the
-    input side gets less signal). Rows also go to ``<run dir>/grad_norms.csv`` and, at the
-    end of fit, the verdict to ``<run dir>/summary.json``.
+    Logged keys: ``grad_norm/<layer>``, ``weight_norm/<layer>``, ``update_ratio/<layer>``
+    (norm of the step's parameter change / weight norm before the step), ``grad_norm/total``,
+    ``grad_norm/first_last_ratio`` (first layer's norm / last layer's norm: below 1 the input
+    side gets less signal) and, when ``trainer.gradient_clip_val`` is set,
+    ``grad_norm/clipped_total`` (the total after clipping). Rows also go to
+    ``<run dir>/grad_norms.csv``; the verdict goes to ``<run dir>/summary.json`` at the end
+    of fit, and the gradient-flow figure to ``<run dir>/gradient_flow.png`` and the loggers.
+    Only rank zero writes anything.
 
     Example::
 
@@ -43,8 +70,15 @@ class GradientNormCallback(L.Callback):
             ``None`` follows ``trainer.log_every_n_steps``.
         vanishing_ratio: a first/last ratio below this is judged vanishing.
         exploding_ratio: a first/last ratio above this is judged exploding.
-        dirpath: where ``grad_norms.csv`` and ``summary.json`` go; ``None``: the trainer's
-            ``default_root_dir``.
+        dirpath: where ``grad_norms.csv``, ``summary.json`` and the figure go; ``None``: the
+            trainer's ``default_root_dir``.
+        update_ratios: measure weight changes across ``optimizer.step`` (keeps one copy of
+            the weights on logging steps).
+        stop_on_nonfinite: stop training at the first logged step with a NaN/inf gradient.
+        warn: warn once, with advice, when the running verdict is vanishing or exploding.
+        histogram_every_n_steps: per-layer gradient histograms this often (``None``: never).
+        figure_every_n_steps: log the gradient-flow figure this often (``None``: only at
+            the end of fit, which always happens).
     """
 
     def __init__(
@@ -54,6 +88,11 @@ class GradientNormCallback(L.Callback):
         vanishing_ratio: float = 1e-2,
         exploding_ratio: float = 1e2,
         dirpath: str | os.PathLike | None = None,
+        update_ratios: bool = True,
+        stop_on_nonfinite: bool = False,
+        warn: bool = True,
+        histogram_every_n_steps: int | None = None,
+        figure_every_n_steps: int | None = None,
     ) -> None:
         norm_type = float(norm_type)
         if not norm_type > 0:
@@ -71,15 +110,25 @@ class GradientNormCallback(L.Callback):
                 f"need 0 < vanishing_ratio < exploding_ratio, got {vanishing_ratio!r} and "
                 f"{exploding_ratio!r}."
             )
+        _optional_positive_int("histogram_every_n_steps", histogram_every_n_steps)
+        _optional_positive_int("figure_every_n_steps", figure_every_n_steps)
         self.norm_type = norm_type
         self.log_every_n_steps = log_every_n_steps
         self.vanishing_ratio = vanishing_ratio
         self.exploding_ratio = exploding_ratio
         self.dirpath = dirpath
+        self.update_ratios = update_ratios
+        self.stop_on_nonfinite = stop_on_nonfinite
+        self.warn = warn
+        self.histogram_every_n_steps = histogram_every_n_steps
+        self.figure_every_n_steps = figure_every_n_steps
         self.layers: list[Layer] = []
         self._order: ForwardOrder | None = None
         self._params: list[torch.nn.Parameter] = []
         self._layer_of_param: torch.Tensor | None = None
+        self._weights_before: list[torch.Tensor] = []
+        self._pending: tuple[int, torch.Tensor, torch.Tensor] | None = None
+        self._csv = None
         # What the report and the verdict need: kept small, saved in checkpoints.
         self.first_norms: dict[str, float] = {}
         self.last_norms: dict[str, float] = {}
@@ -88,6 +137,8 @@ class GradientNormCallback(L.Callback):
         self.ratios: list[float] = []
         self.nonfinite_layer: str | None = None
         self.nonfinite_step: int | None = None
+        self.warned: str | None = None
+        self.stop_reason: str | None = None
 
     # -- setup -------------------------------------------------------------------------
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
@@ -106,64 +157,168 @@ class GradientNormCallback(L.Callback):
     def _run_dir(self, trainer: L.Trainer) -> Path:
         return Path(self.dirpath or trainer.default_root_dir)
 
-    # -- per step ----------------------------------------------------------------------
     def _should_log(self, trainer: L.Trainer, step: int) -> bool:
         every = self.log_every_n_steps or trainer.log_every_n_steps or 1
-        return step == 0 or step % every == 0
+        return step % every == 0
 
+    # -- per step: gradients before clipping ----------------------------------------------
+    @torch.no_grad()
     def on_before_optimizer_step(
         self, trainer: L.Trainer, pl_module: L.LightningModule, optimizer: torch.optim.Optimizer
     ) -> None:
         if self._order is not None:
             self._finalize_order(pl_module)
+        if self._pending is not None:  # several optimizers: the previous one has stepped
+            self._finish(trainer)
         step = trainer.global_step
         if not self.layers or not self._should_log(trainer, step):
             return
         norms, has_grad = layer_grad_norms(
             self._params, self._layer_of_param, len(self.layers), self.norm_type
         )
-        p = self.norm_type
-        total = norms.max() if p == math.inf else norms.pow(p).sum().pow(1 / p)
-        values = torch.cat([norms, total.view(1), has_grad.float()]).tolist()  # one transfer
-        n = len(self.layers)
-        self._record(trainer, step, values[:n], values[n], [bool(v) for v in values[n + 1 :]])
+        if self.update_ratios:
+            if not self._weights_before:
+                self._weights_before = [torch.empty_like(p) for p in self._params]
+            torch._foreach_copy_(self._weights_before, self._params)
+        self._pending = (step, norms, has_grad)
+        every = self.histogram_every_n_steps
+        if every and step % every == 0 and trainer.is_global_zero:
+            self._log_histograms(trainer, step)
 
-    def _record(
-        self, trainer: L.Trainer, step: int, norms: list[float], total: float, has_grad: list[bool]
-    ) -> None:
+    def _log_histograms(self, trainer: L.Trainer, step: int) -> None:
+        values = {}
+        for layer in self.layers:
+            grads = [p.grad.flatten() for p in layer.params if p.grad is not None]
+            if grads:
+                values[f"grad_hist/{layer.name}"] = torch.cat(grads)
+        log_histograms(trainer.loggers, values, step)
+
+    # -- after optimizer.step: update ratios, clipped norm, one transfer -----------------
+    def on_train_batch_end(self, trainer: L.Trainer, *args: Any) -> None:
+        if self._pending is not None:
+            self._finish(trainer)
+
+    @torch.no_grad()
+    def _finish(self, trainer: L.Trainer) -> None:
+        step, norms, has_grad = self._pending
+        self._pending = None
+        n, p, index = len(self.layers), self.norm_type, self._layer_of_param
+        parts = [norms, has_grad.float(), total_norm(norms, p).view(1)]
+        if self.update_ratios:
+            weights, _ = grouped_norms(self._weights_before, index, n, p)
+            deltas = torch._foreach_sub(self._params, self._weights_before)
+            updates, _ = grouped_norms(deltas, index, n, p)
+            parts += [weights, updates]
+        else:
+            parts.append(grouped_norms(self._params, index, n, p)[0])
+        clipping = bool(trainer.gradient_clip_val)
+        if clipping:  # gradients are still the clipped ones until the next zero_grad
+            clipped, _ = layer_grad_norms(self._params, index, n, p)
+            parts.append(total_norm(clipped, p).view(1))
+        values = torch.cat(parts).tolist()  # the one device-to-host transfer
+        row = {
+            "grad_norm": values[:n],
+            "has_grad": [v > 0.5 for v in values[n : 2 * n]],
+            "total": values[2 * n],
+            "weight_norm": values[2 * n + 1 : 3 * n + 1],
+        }
+        rest = 3 * n + 1
+        if self.update_ratios:
+            row["update"], rest = values[rest : rest + n], rest + n
+        if clipping:
+            row["clipped_total"] = values[rest]
+        self._record(trainer, step, row)
+
+    def _record(self, trainer: L.Trainer, step: int, row: dict[str, Any]) -> None:
         names = [layer.name for layer in self.layers]
+        norms, has_grad = row["grad_norm"], row["has_grad"]
         # Layers without a gradient this step are absent, not zero.
-        by_layer = {n: v for n, v, g in zip(names, norms, has_grad) if g}
-        first, last = norms[0] if has_grad[0] else math.nan, norms[-1] if has_grad[-1] else math.nan
+        by_layer = {name: v for name, v, g in zip(names, norms, has_grad) if g}
+        first = norms[0] if has_grad[0] else math.nan
+        last = norms[-1] if has_grad[-1] else math.nan
         ratio = first / last if last else math.inf
         if self.first_step is None:
             self.first_norms, self.first_step = by_layer, step
         self.last_norms, self.last_step = by_layer, step
         self.ratios.append(ratio)
+        self._check(trainer, step, by_layer)
+        if not trainer.is_global_zero:
+            return
+        weights = row["weight_norm"]
+        ratios = [u / w if w else math.nan for u, w in zip(row.get("update", []), weights)]
+        metrics = {f"grad_norm/{name}": v for name, v in by_layer.items()}
+        metrics.update({f"weight_norm/{name}": v for name, v in zip(names, weights)})
+        metrics.update({f"update_ratio/{name}": v for name, v in zip(names, ratios)})
+        metrics["grad_norm/total"] = row["total"]
+        metrics["grad_norm/first_last_ratio"] = ratio
+        if "clipped_total" in row:
+            metrics["grad_norm/clipped_total"] = row["clipped_total"]
+        for logger in trainer.loggers:
+            logger.log_metrics(metrics, step=step)
+        grads = [v if g else "" for v, g in zip(norms, has_grad)]
+        self._append_csv(trainer, step, names, grads, weights, ratios or [""] * len(names))
+        every = self.figure_every_n_steps
+        if every and step % every == 0 and step > 0:
+            self._draw_figure(trainer, step)
+
+    def _check(self, trainer: L.Trainer, step: int, by_layer: dict[str, float]) -> None:
+        """Non-finite gradients (and, once, a vanishing or exploding running verdict)."""
         bad = next((name for name, v in by_layer.items() if not math.isfinite(v)), None)
         if bad is not None and self.nonfinite_layer is None:
             self.nonfinite_layer, self.nonfinite_step = bad, step
-            rank_zero_warn(f"Non-finite gradient norm in layer {bad!r} at step {step}.")
-        if not trainer.is_global_zero:
-            return
-        metrics = {f"grad_norm/{name}": v for name, v in by_layer.items()}
-        metrics["grad_norm/total"] = total
-        metrics["grad_norm/first_last_ratio"] = ratio
-        for logger in trainer.loggers:
-            logger.log_metrics(metrics, step=step)
-        self._append_csv(trainer, step, names, [v if g else "" for v, g in zip(norms, has_grad)])
-
-    def _append_csv(self, trainer: L.Trainer, step: int, names: list[str], norms: list) -> None:
-        path = self._run_dir(trainer) / CSV_FILE
-        new = not path.exists()
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with path.open("a", newline="") as f:
-            writer = csv.writer(f)
-            if new:
-                writer.writerow(CSV_COLUMNS)
-            writer.writerows(
-                (step, name, depth, norm) for depth, (name, norm) in enumerate(zip(names, norms), 1)
+            message = (
+                f"Non-finite gradient at step {step}, first in layer {bad!r} (input side "
+                "first). " + self.diagnosis().advice
             )
+            if self.stop_on_nonfinite:
+                self.stop_reason = message
+                trainer.should_stop = True
+                message = "Stopping training (stop_on_nonfinite). " + message
+            rank_zero_warn(message)
+        if not self.warn or self.warned or self.nonfinite_layer is not None:
+            return
+        verdict = diagnose(
+            self.ratios[-VERDICT_WINDOW:], self.vanishing_ratio, self.exploding_ratio
+        )
+        if verdict.verdict in ("vanishing", "exploding"):
+            self.warned = verdict.verdict
+            rank_zero_warn(f"Gradients look {verdict.verdict} at step {step}. {verdict.advice}")
+
+    def _append_csv(self, trainer: L.Trainer, step: int, *columns: list) -> None:
+        if self._csv is None:
+            path = self._run_dir(trainer) / CSV_FILE
+            path.parent.mkdir(parents=True, exist_ok=True)
+            new = not path.exists() or path.stat().st_size == 0
+            self._csv = path.open("a", newline="")
+            self._writer = csv.writer(self._csv)
+            if new:
+                self._writer.writerow(CSV_COLUMNS)
+        names = columns[0]
+        self._writer.writerows(
+            (step, name, depth, *values)
+            for depth, (name, *values) in enumerate(zip(names, *columns[1:]), 1)
+        )
+        self._csv.flush()
+
+    def _close_csv(self) -> None:
+        if self._csv is not None:
+            self._csv.close()
+            self._csv = None
+
+    def _draw_figure(self, trainer: L.Trainer, step: int) -> None:
+        from gradwatch.plots import gradient_flow_figure
+
+        path = self._run_dir(trainer) / CSV_FILE
+        if self._csv is not None:
+            self._csv.flush()
+        if not path.exists():
+            return
+        png = self._run_dir(trainer) / FIGURE_FILE
+        figure = gradient_flow_figure(path, png)
+        log_figure(trainer.loggers, "gradient_flow", figure, png, step)
+        import matplotlib.pyplot as plt
+
+        plt.close(figure)
 
     # -- end of fit --------------------------------------------------------------------
     def diagnosis(self) -> Diagnosis:
@@ -184,13 +339,32 @@ class GradientNormCallback(L.Callback):
             "final_first_last_ratio": self.ratios[-1] if self.ratios else None,
             "median_first_last_ratio": result.ratio,
             "nonfinite_layer": self.nonfinite_layer,
+            "nonfinite_step": self.nonfinite_step,
+            "stop_reason": self.stop_reason,
         }
 
-    def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+    def _cleanup(self) -> None:
         if self._order is not None:
             self._order.remove()
             self._order = None
+        self._pending = None
+        self._weights_before = []
+        self._close_csv()
+
+    def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self._pending is not None:
+            self._finish(trainer)
         if trainer.is_global_zero:
+            self._draw_figure(trainer, trainer.global_step)
+        self._cleanup()
+        if trainer.is_global_zero:
+            update_summary(self._run_dir(trainer), steps=trainer.global_step, **self.summary())
+
+    def on_exception(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException
+    ) -> None:
+        self._cleanup()
+        if trainer.is_global_zero and self.ratios:
             update_summary(self._run_dir(trainer), steps=trainer.global_step, **self.summary())
 
     # -- checkpointing -----------------------------------------------------------------
@@ -202,6 +376,8 @@ class GradientNormCallback(L.Callback):
         "ratios",
         "nonfinite_layer",
         "nonfinite_step",
+        "warned",
+        "stop_reason",
     )
 
     def state_dict(self) -> dict[str, Any]:
