@@ -266,14 +266,11 @@ class GradientNormCallback(L.Callback):
         bad = next((name for name, v in by_layer.items() if not math.isfinite(v)), None)
         if bad is not None and self.nonfinite_layer is None:
             self.nonfinite_layer, self.nonfinite_step = bad, step
-            message = (
-                f"Non-finite gradient at step {step}, first in layer {bad!r} (input side "
-                "first). " + self.diagnosis().advice
-            )
+            message = self.diagnosis().advice  # names the layer and the step
             if self.stop_on_nonfinite:
                 self.stop_reason = message
                 trainer.should_stop = True
-                message = "Stopping training (stop_on_nonfinite). " + message
+                message = "Stopping training (stop_on_nonfinite): " + message
             rank_zero_warn(message)
         if not self.warn or self.warned or self.nonfinite_layer is not None:
             return
