@@ -9,8 +9,9 @@ from collections.abc import Sequence
 from lightning.pytorch.loggers import WandbLogger
 from lightning.pytorch.utilities import rank_zero_warn
 
-#: Overrides that say where a run goes or how it logs, not what it is: left out of its name.
-_NOT_IN_NAME = ("paths.", "logger", "hydra.", "trainer.enable_progress_bar")
+#: Overrides left out of a run's name: the experiment (already its first word) and those that
+#: say where a run goes or how it logs, not what it is.
+_NOT_IN_NAME = ("experiment=", "paths.", "logger", "hydra.", "trainer.enable_progress_bar")
 
 
 def wandb_mode(offline: bool) -> str:
