@@ -3,6 +3,7 @@ server (over HTTP), Lightning's CSV; W&B never prompts for a login and never lea
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import os
@@ -96,10 +97,8 @@ def test_tensorboard_server_shows_the_per_layer_tags(many_run):
         deadline, tags = time.monotonic() + 90, {}
         while time.monotonic() < deadline and not any(tags.values()):
             assert server.poll() is None, "tensorboard exited"
-            try:
+            with contextlib.suppress(OSError):
                 tags = _get(f"{base}/scalars/tags")
-            except OSError:
-                pass
             time.sleep(0.5)
         ((run, scalars),) = tags.items()
         assert {*LAYER_KEYS, "grad_norm/total", "grad_norm/first_last_ratio"} <= set(scalars)
