@@ -4,9 +4,9 @@ non-finite)."""
 
 from __future__ import annotations
 
-import csv
 import math
 import os
+import time
 from pathlib import Path
 from typing import Any
 
@@ -18,10 +18,9 @@ from gradwatch.callbacks.diagnosis import Diagnosis, diagnose
 from gradwatch.callbacks.layers import (
     ForwardOrder,
     Layer,
-    grouped_norms,
-    layer_grad_norms,
+    group_norms,
     parameter_layers,
-    total_norm,
+    tensor_norms,
 )
 from gradwatch.callbacks.sinks import log_figure, log_histograms
 from gradwatch.summary import update_summary
@@ -29,8 +28,19 @@ from gradwatch.summary import update_summary
 CSV_FILE = "grad_norms.csv"
 CSV_COLUMNS = ("step", "layer", "depth", "grad_norm", "weight_norm", "update_ratio")
 FIGURE_FILE = "gradient_flow.png"
+#: grad_norms.csv reaches the disk at least this often (and at the end of fit, or on error).
+CSV_FLUSH_SECONDS = 2.0
 #: The running verdict (and its one-time warning) looks at this many recent logged steps.
 VERDICT_WINDOW = 20
+
+
+def _combine(layer_norms: list[float], p: float) -> float:
+    """The norm of all layers together from their norms (on the host: a few floats)."""
+    if not layer_norms:
+        return math.nan
+    if p == math.inf:
+        return max(layer_norms)
+    return math.fsum(v**p for v in layer_norms) ** (1 / p)
 
 
 def _optional_positive_int(name: str, value: Any) -> None:
@@ -72,8 +82,9 @@ class GradientNormCallback(L.Callback):
         exploding_ratio: a first/last ratio above this is judged exploding.
         dirpath: where ``grad_norms.csv``, ``summary.json`` and the figure go; ``None``: the
             trainer's ``default_root_dir``.
-        update_ratios: measure weight changes across ``optimizer.step`` (keeps one copy of
-            the weights on logging steps).
+        weight_stats: also log weight norms and update ratios (the weight change across
+            ``optimizer.step``: keeps one copy of the weights and reads them three more
+            times on logging steps; ``False`` logs gradient norms only).
         stop_on_nonfinite: stop training at the first logged step with a NaN/inf gradient.
         warn: warn once, with advice, when the running verdict is vanishing or exploding.
         histogram_every_n_steps: per-layer gradient histograms this often (``None``: never).
@@ -88,7 +99,7 @@ class GradientNormCallback(L.Callback):
         vanishing_ratio: float = 1e-2,
         exploding_ratio: float = 1e2,
         dirpath: str | os.PathLike | None = None,
-        update_ratios: bool = True,
+        weight_stats: bool = True,
         stop_on_nonfinite: bool = False,
         warn: bool = True,
         histogram_every_n_steps: int | None = None,
@@ -117,7 +128,7 @@ class GradientNormCallback(L.Callback):
         self.vanishing_ratio = vanishing_ratio
         self.exploding_ratio = exploding_ratio
         self.dirpath = dirpath
-        self.update_ratios = update_ratios
+        self.weight_stats = weight_stats
         self.stop_on_nonfinite = stop_on_nonfinite
         self.warn = warn
         self.histogram_every_n_steps = histogram_every_n_steps
@@ -125,10 +136,11 @@ class GradientNormCallback(L.Callback):
         self.layers: list[Layer] = []
         self._order: ForwardOrder | None = None
         self._params: list[torch.nn.Parameter] = []
-        self._layer_of_param: torch.Tensor | None = None
+        self._layer_of_param: list[int] = []
         self._weights_before: list[torch.Tensor] = []
-        self._pending: tuple[int, torch.Tensor, torch.Tensor] | None = None
+        self._pending: int | None = None  # the step measured before optimizer.step
         self._csv = None
+        self._flushed = 0.0
         # What the report and the verdict need: kept small, saved in checkpoints.
         self.first_norms: dict[str, float] = {}
         self.last_norms: dict[str, float] = {}
@@ -151,8 +163,35 @@ class GradientNormCallback(L.Callback):
         self._order.remove()
         self._order = None
         self._params = [p for layer in self.layers for p in layer.params]
-        index = [i for i, layer in enumerate(self.layers) for _ in layer.params]
-        self._layer_of_param = torch.tensor(index, device=pl_module.device)
+        self._layer_of_param = [i for i, layer in enumerate(self.layers) for _ in layer.params]
+        self._device = pl_module.device
+        self._index_cache = {}
+        names = [layer.name for layer in self.layers]
+        self._keys = {
+            kind: [f"{kind}/{name}" for name in names]
+            for kind in ("grad_norm", "weight_norm", "update_ratio")
+        }
+
+    def _with_grad(self) -> list[int]:
+        return [i for i, p in enumerate(self._params) if p.grad is not None]
+
+    def _slot_index(self, before: list[int], after: list[int] | None) -> torch.Tensor:
+        """Where each per-tensor norm goes, in 4 slots of one value per layer: gradient
+        before clipping, weight, update, gradient after clipping."""
+        full = len(before) == len(self._params) and (after is None or len(after) == len(before))
+        key = (after is not None, self.weight_stats)
+        if full and key in self._index_cache:
+            return self._index_cache[key]
+        layer, n = self._layer_of_param, len(self.layers)
+        index = [layer[i] for i in before]
+        if self.weight_stats:
+            index += [n + i for i in layer] + [2 * n + i for i in layer]
+        if after is not None:
+            index += [3 * n + layer[i] for i in after]
+        tensor = torch.tensor(index, device=self._device)
+        if full:
+            self._index_cache[key] = tensor
+        return tensor
 
     def _run_dir(self, trainer: L.Trainer) -> Path:
         return Path(self.dirpath or trainer.default_root_dir)
@@ -173,14 +212,17 @@ class GradientNormCallback(L.Callback):
         step = trainer.global_step
         if not self.layers or not self._should_log(trainer, step):
             return
-        norms, has_grad = layer_grad_norms(
-            self._params, self._layer_of_param, len(self.layers), self.norm_type
-        )
-        if self.update_ratios:
+        # Gradients and weights before the step: one fused norm over all of them.
+        self._before = self._with_grad()
+        grads = [self._params[i].grad for i in self._before]
+        if self.weight_stats:
+            grads += self._params
+        self._norms_before = tensor_norms(grads, self.norm_type, self._device)
+        if self.weight_stats:
             if not self._weights_before:
                 self._weights_before = [torch.empty_like(p) for p in self._params]
             torch._foreach_copy_(self._weights_before, self._params)
-        self._pending = (step, norms, has_grad)
+        self._pending = step
         every = self.histogram_every_n_steps
         if every and step % every == 0 and trainer.is_global_zero:
             self._log_histograms(trainer, step)
@@ -200,33 +242,36 @@ class GradientNormCallback(L.Callback):
 
     @torch.no_grad()
     def _finish(self, trainer: L.Trainer) -> None:
-        step, norms, has_grad = self._pending
-        self._pending = None
-        n, p, index = len(self.layers), self.norm_type, self._layer_of_param
-        parts = [norms, has_grad.float(), total_norm(norms, p).view(1)]
-        if self.update_ratios:
-            weights, _ = grouped_norms(self._weights_before, index, n, p)
-            deltas = torch._foreach_sub(self._params, self._weights_before)
-            updates, _ = grouped_norms(deltas, index, n, p)
-            parts += [weights, updates]
-        else:
-            parts.append(grouped_norms(self._params, index, n, p)[0])
-        clipping = bool(trainer.gradient_clip_val)
-        if clipping:  # gradients are still the clipped ones until the next zero_grad
-            clipped, _ = layer_grad_norms(self._params, index, n, p)
-            parts.append(total_norm(clipped, p).view(1))
-        values = torch.cat(parts).tolist()  # the one device-to-host transfer
+        step, self._pending = self._pending, None
+        n, p = len(self.layers), self.norm_type
+        tensors = []
+        if self.weight_stats:  # the buffer becomes (before - after): the step's change
+            torch._foreach_sub_(self._weights_before, self._params)
+            tensors += self._weights_before
+        after = None
+        if trainer.gradient_clip_val:  # the gradients are the clipped ones until zero_grad
+            after = self._with_grad()
+            tensors += [self._params[i].grad for i in after]
+        norms = self._norms_before
+        if tensors:
+            norms = torch.cat([norms, tensor_norms(tensors, p, self._device)])
+        index = self._slot_index(self._before, after)
+        sums = group_norms(norms, index, 4 * n, p, root=False).tolist()  # the one transfer
+        used = 4 * n if after is not None else (3 * n if self.weight_stats else n)
+        values = sums[:used] if p == math.inf else [v ** (1 / p) for v in sums[:used]]
+        has_grad = [False] * n
+        for i in self._before:
+            has_grad[self._layer_of_param[i]] = True
         row = {
             "grad_norm": values[:n],
-            "has_grad": [v > 0.5 for v in values[n : 2 * n]],
-            "total": values[2 * n],
-            "weight_norm": values[2 * n + 1 : 3 * n + 1],
+            "has_grad": has_grad,
+            "total": _combine([v for v, g in zip(values[:n], has_grad) if g], p),
         }
-        rest = 3 * n + 1
-        if self.update_ratios:
-            row["update"], rest = values[rest : rest + n], rest + n
-        if clipping:
-            row["clipped_total"] = values[rest]
+        if self.weight_stats:
+            row["weight_norm"] = values[n : 2 * n]
+            row["update"] = values[2 * n : 3 * n]
+        if after is not None:
+            row["clipped_total"] = _combine(values[3 * n :], p)
         self._record(trainer, step, row)
 
     def _record(self, trainer: L.Trainer, step: int, row: dict[str, Any]) -> None:
@@ -244,11 +289,13 @@ class GradientNormCallback(L.Callback):
         self._check(trainer, step, by_layer)
         if not trainer.is_global_zero:
             return
-        weights = row["weight_norm"]
+        blank = [""] * len(names)
+        weights = row.get("weight_norm", [])
         ratios = [u / w if w else math.nan for u, w in zip(row.get("update", []), weights)]
-        metrics = {f"grad_norm/{name}": v for name, v in by_layer.items()}
-        metrics.update({f"weight_norm/{name}": v for name, v in zip(names, weights)})
-        metrics.update({f"update_ratio/{name}": v for name, v in zip(names, ratios)})
+        keys = self._keys
+        metrics = {k: v for k, v, g in zip(keys["grad_norm"], norms, has_grad) if g}
+        metrics.update(zip(keys["weight_norm"], weights))
+        metrics.update(zip(keys["update_ratio"], ratios))
         metrics["grad_norm/total"] = row["total"]
         metrics["grad_norm/first_last_ratio"] = ratio
         if "clipped_total" in row:
@@ -256,7 +303,7 @@ class GradientNormCallback(L.Callback):
         for logger in trainer.loggers:
             logger.log_metrics(metrics, step=step)
         grads = [v if g else "" for v, g in zip(norms, has_grad)]
-        self._append_csv(trainer, step, names, grads, weights, ratios or [""] * len(names))
+        self._append_csv(trainer, step, names, grads, weights or blank, ratios or blank)
         every = self.figure_every_n_steps
         if every and step % every == 0 and step > 0:
             self._draw_figure(trainer, step)
@@ -287,15 +334,20 @@ class GradientNormCallback(L.Callback):
             path.parent.mkdir(parents=True, exist_ok=True)
             new = not path.exists() or path.stat().st_size == 0
             self._csv = path.open("a", newline="")
-            self._writer = csv.writer(self._csv)
             if new:
-                self._writer.writerow(CSV_COLUMNS)
-        names = columns[0]
-        self._writer.writerows(
-            (step, name, depth, *values)
-            for depth, (name, *values) in enumerate(zip(names, *columns[1:]), 1)
+                self._csv.write(",".join(CSV_COLUMNS) + "\n")
+            self._csv_prefixes = [f"{name},{depth}" for depth, name in enumerate(columns[0], 1)]
+        # Layer names are plain module paths (no commas or quotes): no CSV quoting needed.
+        self._csv.write(
+            "".join(
+                f"{step},{prefix},{g},{w},{u}\n"
+                for prefix, g, w, u in zip(self._csv_prefixes, *columns[1:])
+            )
         )
-        self._csv.flush()
+        now = time.monotonic()
+        if now - self._flushed > CSV_FLUSH_SECONDS:  # a flush per step would cost a syscall
+            self._csv.flush()
+            self._flushed = now
 
     def _close_csv(self) -> None:
         if self._csv is not None:
