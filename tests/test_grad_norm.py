@@ -345,3 +345,15 @@ def test_gradient_flow_figure_and_histograms_are_written(tmp_path):
     assert "grad_hist/net.network.0" in events.Tags()["histograms"]
     assert [e.step for e in events.Histograms("grad_hist/net.network.0")] == [0, 2]
     assert [e.step for e in events.Images("gradient_flow")] == [2, 3]
+
+
+def test_weight_stats_off_logs_gradient_norms_only(tmp_path):
+    torch.manual_seed(0)
+    log = MemoryLogger()
+    callback = GradientNormCallback(log_every_n_steps=1, weight_stats=False)
+    fit_steps(MLP(64, 10, depth=2, width=8), tmp_path, callbacks=[callback], logger=log)
+    (metrics,) = [m for _, m in log.rows if "grad_norm/total" in m]
+    assert "grad_norm/net.network.0" in metrics and "grad_norm/total" in metrics
+    assert not any(k.startswith(("weight_norm/", "update_ratio/")) for k in metrics)
+    rows = csv_rows(tmp_path)
+    assert rows[0]["grad_norm"] and rows[0]["weight_norm"] == rows[0]["update_ratio"] == ""

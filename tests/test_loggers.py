@@ -35,7 +35,13 @@ def many_run(tmp_path_factory) -> Path:
         with initialize_config_dir(str(CONFIG_DIR), version_base="1.3"):
             cfg = compose(
                 "train",
-                overrides=[f"paths.log_dir={tmp}", "experiment=relu", "debug=fast", "logger=many"],
+                overrides=[
+                    f"paths.log_dir={tmp}",
+                    "experiment=relu",
+                    "debug=fast",
+                    "logger=many",
+                    "callbacks.grad_norm.histogram_every_n_steps=2",
+                ],
             )
         with open_dict(cfg):
             cfg.paths.output_dir = str(tmp / "run")
@@ -54,6 +60,9 @@ def test_wandb_offline_history_holds_the_per_layer_keys(many_run):
     keys = set().union(*rows)
     assert {*LAYER_KEYS, "grad_norm/first_last_ratio", "train/loss"} <= keys
     assert "activation/net.network.1/dead" in keys
+    histograms = [row for row in rows if "grad_hist/net.network.0/_type" in row]
+    assert [row["trainer/global_step"] for row in histograms] == [0, 2]
+    assert histograms[0]["grad_hist/net.network.0/_type"] == "histogram"
     figures = [row for row in rows if "gradient_flow/_type" in row]  # the figure, as an image
     assert figures and figures[-1]["gradient_flow/_type"] == "images/separated"
     grad_rows = list(csv.DictReader((many_run / "grad_norms.csv").open()))
@@ -107,6 +116,8 @@ def test_tensorboard_server_shows_the_per_layer_tags(many_run):
         assert [step for _, step, _ in points] == [0, 1, 2]
         images = _get(f"{base}/images/tags")
         assert "gradient_flow" in images[run]
+        histograms = _get(f"{base}/histograms/tags")
+        assert "grad_hist/net.network.0" in histograms[run]
     finally:
         server.terminate()
         server.wait(timeout=30)
