@@ -85,7 +85,10 @@ class GradientNormCallback(L.Callback):
         weight_stats: also log weight norms and update ratios (the weight change across
             ``optimizer.step``: keeps one copy of the weights and reads them three more
             times on logging steps; ``False`` logs gradient norms only).
-        stop_on_nonfinite: stop training at the first logged step with a NaN/inf gradient.
+        stop_on_nonfinite: stop training (``trainer.should_stop``) at the first logging step
+            with a NaN/inf gradient; the run then ends normally with the verdict
+            ``non-finite``. Gradients are checked on logging steps only (no host sync on
+            the others).
         warn: warn once, with advice, when the running verdict is vanishing or exploding.
         histogram_every_n_steps: per-layer gradient histograms this often (``None``: never).
         figure_every_n_steps: log the gradient-flow figure this often (``None``: only at
