@@ -191,7 +191,7 @@ class GradientNormCallback(L.Callback):
             index += [n + i for i in layer] + [2 * n + i for i in layer]
         if after is not None:
             index += [3 * n + layer[i] for i in after]
-        tensor = torch.tensor(index, device=self._device)
+        tensor = torch.tensor(index, dtype=torch.long, device=self._device)
         if full:
             self._index_cache[key] = tensor
         return tensor
