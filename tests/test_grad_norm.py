@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import csv
 import math
 
@@ -14,6 +15,7 @@ from gradwatch.callbacks import GradientNormCallback, diagnose
 from gradwatch.data import DigitsDataModule
 from gradwatch.module import ClassifierModule
 from gradwatch.nets import MLP
+from tests.memory_logger import MemoryLogger
 
 
 class Recorder(GradientNormCallback):
@@ -27,22 +29,46 @@ class Recorder(GradientNormCallback):
             }
 
 
-def fit_steps(net: nn.Module, tmp_path, steps: int = 1, **trainer_kwargs) -> L.Trainer:
-    dm = DigitsDataModule(batch_size=128, seed=0)
-    trainer = L.Trainer(
-        max_steps=steps,
-        accelerator="cpu",
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        num_sanity_val_steps=0,
-        limit_val_batches=0,
-        default_root_dir=tmp_path,
-        **trainer_kwargs,
-    )
-    trainer.fit(ClassifierModule(net, num_classes=10), datamodule=dm)
+def fit_steps(
+    net: nn.Module, tmp_path, steps: int = 1, batch_size: int = 128, ckpt_path=None, **kwargs
+) -> L.Trainer:
+    dm = DigitsDataModule(batch_size=batch_size, seed=0)
+    options = {
+        "max_steps": steps,
+        "accelerator": "cpu",
+        "logger": False,
+        "enable_checkpointing": False,
+        "enable_progress_bar": False,
+        "enable_model_summary": False,
+        "num_sanity_val_steps": 0,
+        "limit_val_batches": 0,
+        "default_root_dir": tmp_path,
+        **kwargs,
+    }
+    trainer = L.Trainer(**options)
+    trainer.fit(ClassifierModule(net, num_classes=10), datamodule=dm, ckpt_path=ckpt_path)
     return trainer
+
+
+def first_batches(n: int, batch_size: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """The first ``n`` training batches, as the trainer sees them in epoch 0."""
+    dm = DigitsDataModule(batch_size=batch_size, seed=0)
+    dm.setup("fit")
+    batches = iter(dm.train_dataloader())
+    return [next(batches) for _ in range(n)]
+
+
+def norms_by_layer(tensors: dict[str, torch.Tensor]) -> dict[str, float]:
+    """Independent per-layer L2 norms: parameters grouped by module path, in plain Python."""
+    squares: dict[str, float] = {}
+    for name, tensor in tensors.items():
+        layer = "net." + name.rsplit(".", 1)[0]
+        squares[layer] = squares.get(layer, 0.0) + tensor.double().pow(2).sum().item()
+    return {layer: math.sqrt(v) for layer, v in squares.items()}
+
+
+def csv_rows(run_dir) -> list[dict[str, str]]:
+    return list(csv.DictReader((run_dir / "grad_norms.csv").open()))
 
 
 def fit_one_step(net, tmp_path):
@@ -148,3 +174,186 @@ def test_diagnosis_verdicts():
 def test_bad_arguments_are_refused(kwargs, message):
     with pytest.raises(ValueError, match=message):
         GradientNormCallback(**kwargs)
+
+
+def test_weight_norm_and_update_ratio_equal_an_independent_optimizer_step(tmp_path):
+    torch.manual_seed(0)
+    net = MLP(64, 10, depth=3, width=16, activation="relu")
+    reference = copy.deepcopy(net)
+    log = MemoryLogger()
+    fit_steps(net, tmp_path, callbacks=[GradientNormCallback(log_every_n_steps=1)], logger=log)
+    # The same step by hand: the module's default optimizer is Adam(lr=1e-3).
+    ((x, y),) = first_batches(1, 128)
+    before = {n: p.detach().clone() for n, p in reference.named_parameters()}
+    optimizer = torch.optim.Adam(reference.parameters(), lr=1e-3)
+    nn.functional.cross_entropy(reference(x), y).backward()
+    optimizer.step()
+    change = {n: p.detach() - before[n] for n, p in reference.named_parameters()}
+    weights, updates = norms_by_layer(before), norms_by_layer(change)
+    for layer, weight in weights.items():
+        assert log.values(f"weight_norm/{layer}")[0] == pytest.approx(weight, rel=1e-5)
+        ratio = updates[layer] / weight
+        assert log.values(f"update_ratio/{layer}")[0] == pytest.approx(ratio, rel=1e-4)
+    rows = {r["layer"]: r for r in csv_rows(tmp_path)}
+    assert float(rows["net.network.0"]["update_ratio"]) == pytest.approx(
+        updates["net.network.0"] / weights["net.network.0"], rel=1e-4
+    )
+    assert not log.values("grad_norm/clipped_total")  # no clipping configured
+
+
+@pytest.mark.parametrize("clip", [1e-3, 1e6])
+def test_clipped_total_is_the_smaller_of_total_and_clip_value(tmp_path, clip):
+    torch.manual_seed(0)
+    log = MemoryLogger()
+    fit_steps(
+        MLP(64, 10, depth=3, width=16, activation="relu"),
+        tmp_path,
+        steps=3,
+        callbacks=[GradientNormCallback(log_every_n_steps=1)],
+        logger=log,
+        gradient_clip_val=clip,
+    )
+    totals, clipped = log.values("grad_norm/total"), log.values("grad_norm/clipped_total")
+    assert totals.keys() == clipped.keys() == {0, 1, 2}
+    for step, total in totals.items():
+        assert 1e-3 < total < 1e6  # so both cases test something
+        assert clipped[step] == pytest.approx(min(total, clip), rel=1e-4)
+
+
+def test_accumulation_logs_once_per_optimizer_step_the_accumulated_gradient(tmp_path):
+    torch.manual_seed(0)
+    net = MLP(64, 10, depth=3, width=16, activation="tanh", init="xavier_normal")
+    reference = copy.deepcopy(net)
+    fit_steps(
+        net,
+        tmp_path,
+        steps=2,
+        batch_size=32,
+        accumulate_grad_batches=4,
+        callbacks=[GradientNormCallback(log_every_n_steps=1)],
+    )
+    rows = csv_rows(tmp_path)
+    assert [int(r["step"]) for r in rows] == [0] * 4 + [1] * 4  # 4 layers, 2 optimizer steps
+    for x, y in first_batches(4, 32):  # Lightning scales each micro-batch's loss by 1/4
+        (nn.functional.cross_entropy(reference(x), y) / 4).backward()
+    expected = norms_by_layer({n: p.grad for n, p in reference.named_parameters()})
+    for row in rows[:4]:
+        assert float(row["grad_norm"]) == pytest.approx(expected[row["layer"]], rel=1e-5)
+
+
+def test_bf16_mixed_precision_logs_finite_norms(tmp_path):
+    torch.manual_seed(0)
+    log = MemoryLogger()
+    fit_steps(
+        MLP(64, 10, depth=3, width=16, activation="relu"),
+        tmp_path,
+        steps=2,
+        precision="bf16-mixed",
+        callbacks=[GradientNormCallback(log_every_n_steps=1)],
+        logger=log,
+    )
+    norms = [float(r["grad_norm"]) for r in csv_rows(tmp_path)]
+    assert len(norms) == 8 and all(math.isfinite(v) and v > 0 for v in norms)
+    assert all(math.isfinite(v) for v in log.values("grad_norm/total").values())
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="fp16 with a GradScaler needs CUDA")
+def test_fp16_norms_are_unscaled(tmp_path):
+    def total(precision: str, run_dir) -> float:
+        torch.manual_seed(0)
+        log = MemoryLogger()
+        fit_steps(
+            MLP(64, 10, depth=3, width=16, activation="relu"),
+            run_dir,
+            accelerator="cuda",
+            devices=1,
+            precision=precision,
+            callbacks=[GradientNormCallback(log_every_n_steps=1)],
+            logger=log,
+        )
+        return log.values("grad_norm/total")[0]
+
+    # Before unscaling the norms would be the loss scale (65536) times larger.
+    assert total("16-mixed", tmp_path / "a") == pytest.approx(total("32", tmp_path / "b"), rel=0.05)
+
+
+def test_absurd_learning_rate_stops_training_naming_a_layer(make_cfg):
+    from gradwatch.train import train
+
+    cfg = make_cfg(
+        "experiment=relu",
+        "debug=fast",
+        "trainer.limit_train_batches=10",
+        "model.optimizer.lr=1e30",
+        "logger=none",
+    )
+    with pytest.warns(
+        UserWarning, match=r"Stopping training \(stop_on_nonfinite\): Gradients became NaN"
+    ):
+        summary = train(cfg)
+    assert summary["diagnosis"] == "non-finite"
+    assert summary["nonfinite_layer"].startswith("net.network.")
+    assert summary["steps"] < 10
+    assert repr(summary["nonfinite_layer"]) in summary["stop_reason"]
+    assert repr(summary["nonfinite_layer"]) in summary["advice"]
+
+
+def test_vanishing_verdict_is_warned_once_with_advice(tmp_path):
+    torch.manual_seed(0)
+    with pytest.warns(UserWarning, match="Gradients look vanishing") as record:
+        fit_steps(
+            MLP(64, 10, depth=10, width=32, activation="sigmoid"),
+            tmp_path,
+            steps=3,
+            callbacks=[GradientNormCallback(log_every_n_steps=1)],
+        )
+    warned = [w for w in record if "Gradients look" in str(w.message)]
+    assert len(warned) == 1 and "ReLU with He init" in str(warned[0].message)
+
+
+def test_state_survives_a_checkpoint_resume(tmp_path):
+    torch.manual_seed(0)
+    first = GradientNormCallback(log_every_n_steps=1)
+    trainer = fit_steps(MLP(64, 10, depth=2, width=8), tmp_path / "a", steps=2, callbacks=[first])
+    trainer.save_checkpoint(tmp_path / "a.ckpt")
+    resumed = GradientNormCallback(log_every_n_steps=1)
+    fit_steps(
+        MLP(64, 10, depth=2, width=8),
+        tmp_path / "b",
+        steps=4,
+        ckpt_path=tmp_path / "a.ckpt",
+        callbacks=[resumed],
+    )
+    assert resumed.first_step == 0 and resumed.first_norms == first.first_norms
+    assert resumed.ratios[:2] == first.ratios and len(resumed.ratios) == 4
+    assert resumed.last_step == 3
+
+
+def test_gradient_flow_figure_and_histograms_are_written(tmp_path):
+    from lightning.pytorch.loggers import TensorBoardLogger
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    torch.manual_seed(0)
+    callback = GradientNormCallback(
+        log_every_n_steps=1, histogram_every_n_steps=2, figure_every_n_steps=2
+    )
+    logger = TensorBoardLogger(tmp_path, name="tb", version="")
+    fit_steps(MLP(64, 10, depth=2, width=8), tmp_path, steps=3, callbacks=[callback], logger=logger)
+    assert (tmp_path / "gradient_flow.png").stat().st_size > 0
+    events = EventAccumulator(str(tmp_path / "tb"), size_guidance={"histograms": 0, "images": 0})
+    events.Reload()
+    assert "grad_hist/net.network.0" in events.Tags()["histograms"]
+    assert [e.step for e in events.Histograms("grad_hist/net.network.0")] == [0, 2]
+    assert [e.step for e in events.Images("gradient_flow")] == [2, 3]
+
+
+def test_weight_stats_off_logs_gradient_norms_only(tmp_path):
+    torch.manual_seed(0)
+    log = MemoryLogger()
+    callback = GradientNormCallback(log_every_n_steps=1, weight_stats=False)
+    fit_steps(MLP(64, 10, depth=2, width=8), tmp_path, callbacks=[callback], logger=log)
+    (metrics,) = [m for _, m in log.rows if "grad_norm/total" in m]
+    assert "grad_norm/net.network.0" in metrics and "grad_norm/total" in metrics
+    assert not any(k.startswith(("weight_norm/", "update_ratio/")) for k in metrics)
+    rows = csv_rows(tmp_path)
+    assert rows[0]["grad_norm"] and rows[0]["weight_norm"] == rows[0]["update_ratio"] == ""

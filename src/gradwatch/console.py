@@ -62,7 +62,11 @@ def print_report(
     )
     if accuracy:
         console.print(f"accuracy: {accuracy}")
+    if summary.get("stop_reason"):
+        console.print(f"[bold red]stopped early:[/] {summary['stop_reason']}")
     console.print(f"run directory: {run_dir}")
+    if (run_dir / "gradient_flow.png").exists():
+        console.print(f"gradient-flow figure: {run_dir / 'gradient_flow.png'}")
     if (run_dir / "tensorboard").exists():
         console.print(
             f"TensorBoard: tensorboard --logdir {run_dir / 'tensorboard'}  (or make tensorboard)"

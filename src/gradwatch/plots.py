@@ -116,3 +116,17 @@ def plot_norms_over_training(
         ax.legend(fontsize="x-small", ncol=2 if len(layers) > 12 else 1)
     _finish(fig, ax, save)
     return ax
+
+
+def gradient_flow_figure(
+    csv_path: str | os.PathLike, save: str | os.PathLike | None = None, max_lines: int = 6
+):
+    """The gradient-flow figure of one run's ``grad_norms.csv``: up to ``max_lines`` logged
+    steps overlaid. Returns the open figure (the caller closes it) and saves it when asked."""
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    plot_gradient_flow(read_grad_norms(csv_path), ax=ax, max_lines=max_lines)
+    fig.tight_layout()
+    if save is not None:
+        Path(save).parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(save, dpi=120)
+    return fig

@@ -17,6 +17,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from gradwatch.callbacks import GradientNormCallback
 from gradwatch.console import print_report
+from gradwatch.loggers import finish_wandb
 from gradwatch.summary import update_summary
 from gradwatch.sweep import multirun_job
 
@@ -68,6 +69,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
             duration_s=time.perf_counter() - started,
         )
         raise
+    finally:
+        finish_wandb()  # so multirun jobs never share a W&B run
     summary = update_summary(
         run_dir,
         status="completed",

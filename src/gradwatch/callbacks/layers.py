@@ -56,27 +56,43 @@ class ForwardOrder:
         self._handles.clear()
 
 
+def tensor_norms(
+    tensors: list[torch.Tensor], norm_type: float, device: torch.device
+) -> torch.Tensor:
+    """The p-norm of every tensor, as one float32 vector on ``device``: one fused
+    multi-tensor kernel, no per-tensor kernels and no host sync."""
+    if not tensors:
+        return torch.zeros(0, device=device)
+    norms = torch._foreach_norm(tensors, norm_type)
+    try:
+        return torch.stack(norms).float().to(device)
+    except RuntimeError:  # tensors on several devices
+        return torch.stack([n.float().to(device) for n in norms])
+
+
+def group_norms(
+    norms: torch.Tensor, index: torch.Tensor, n_groups: int, norm_type: float, root: bool = True
+) -> torch.Tensor:
+    """Combine per-tensor norms into per-group norms (group ``index[i]`` gets ``norms[i]``)
+    with one index add; groups that get nothing are 0. ``root=False`` leaves the sums of
+    p-th powers (the max for the inf-norm), for a caller that takes the root on the host."""
+    if norm_type == float("inf"):
+        out = torch.zeros(n_groups, device=norms.device)
+        return out.scatter_reduce(0, index, norms, reduce="amax")
+    out = torch.zeros(n_groups, device=norms.device).index_add_(0, index, norms.pow(norm_type))
+    return out.pow_(1.0 / norm_type) if root else out
+
+
 def layer_grad_norms(
     params: list[nn.Parameter], layer_of_param: torch.Tensor, n_layers: int, norm_type: float
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-layer gradient norms and a mask of the layers that have a gradient, on the device.
-
-    One fused multi-tensor norm over all gradients, then the per-tensor norms are combined
-    into layers with an index add: no per-parameter host syncs.
-    """
-    present = [i for i, p in enumerate(params) if p.grad is not None]
+    """Per-layer gradient norms and a mask of the layers that have a gradient, on the device."""
     device = layer_of_param.device
+    present = [i for i, p in enumerate(params) if p.grad is not None]
     has_grad = torch.zeros(n_layers, dtype=torch.bool, device=device)
     if not present:
         return torch.zeros(n_layers, device=device), has_grad
-    grads = [params[i].grad for i in present]
-    norms = torch.stack([n.float().to(device) for n in torch._foreach_norm(grads, norm_type)])
     index = layer_of_param[present] if len(present) < len(params) else layer_of_param
-    if norm_type == float("inf"):
-        out = torch.full((n_layers,), float("-inf"), device=device)
-        out = out.scatter_reduce(0, index, norms, reduce="amax")
-    else:
-        out = torch.zeros(n_layers, device=device).index_add(0, index, norms.pow(norm_type))
-        out = out.pow(1.0 / norm_type)
+    norms = tensor_norms([params[i].grad for i in present], norm_type, device)
     has_grad[index] = True
-    return out.masked_fill(~has_grad, 0.0), has_grad
+    return group_norms(norms, index, n_layers, norm_type), has_grad

@@ -1,0 +1,91 @@
+"""ActivationStatsCallback: saturation, dead units, hooks only on logging steps."""
+
+from __future__ import annotations
+
+import lightning as L
+import pytest
+import torch
+from torch import nn
+
+from gradwatch.callbacks import ActivationStatsCallback
+from gradwatch.data import DigitsDataModule
+from gradwatch.module import ClassifierModule
+from tests.memory_logger import MemoryLogger
+
+
+class Probe(nn.Module):
+    """A saturated sigmoid layer, a ReLU layer that is dead, a healthy tanh, and the output."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.saturated = nn.Linear(64, 32)
+        with torch.no_grad():
+            self.saturated.weight.mul_(1000.0)  # pre-activations far out on both flat ends
+        self.sigmoid = nn.Sigmoid()
+        self.dead = nn.Linear(32, 32)
+        with torch.no_grad():
+            self.dead.bias.fill_(-1e3)  # every unit negative for every input
+        self.relu = nn.ReLU()
+        self.tanh = nn.Tanh()
+        self.out = nn.Linear(32, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.sigmoid(self.saturated(x.flatten(1)))
+        return self.out(self.tanh(h) + self.relu(self.dead(h)))
+
+
+def fit(tmp_path, callback: ActivationStatsCallback, steps: int) -> tuple[Probe, MemoryLogger]:
+    torch.manual_seed(0)
+    net, log = Probe(), MemoryLogger()
+    trainer = L.Trainer(
+        max_steps=steps,
+        accelerator="cpu",
+        logger=log,
+        callbacks=[callback],
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        limit_val_batches=0,
+        default_root_dir=tmp_path,
+    )
+    trainer.fit(ClassifierModule(net, num_classes=10), datamodule=DigitsDataModule(seed=0))
+    return net, log
+
+
+def test_saturated_sigmoid_and_dead_relu_are_reported(tmp_path):
+    _, log = fit(tmp_path, ActivationStatsCallback(log_every_n_steps=1), steps=1)
+    assert log.values("activation/net.sigmoid/saturation")[0] > 0.95
+    assert log.values("activation/net.relu/dead")[0] == 1.0
+    assert log.values("activation/net.relu/mean")[0] == 0.0
+    # tanh of values in (0, 1) stays below 0.77: not saturated.
+    assert log.values("activation/net.tanh/saturation")[0] == 0.0
+    assert log.values("activation/net.tanh/std")[0] > 0.0
+    # Saturation is for bounded activations, dead for rectifiers.
+    assert not log.values("activation/net.relu/saturation")
+    assert not log.values("activation/net.sigmoid/dead")
+
+
+def test_hooks_run_only_on_logging_steps_and_are_removed(tmp_path):
+    calls = []
+
+    class Counting(ActivationStatsCallback):
+        def _measure(self, module, out):
+            calls.append(id(module))
+            return super()._measure(module, out)
+
+    net, log = fit(tmp_path, Counting(log_every_n_steps=2), steps=5)
+    assert sorted(log.values("activation/net.relu/dead")) == [0, 2, 4]
+    assert len(calls) == 3 * 3  # three logging steps x three activation modules
+    assert all(not m._forward_hooks for m in net.modules())
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"log_every_n_steps": 0}, "log_every_n_steps must be a positive integer or null, got 0"),
+        ({"saturation_margin": 0.7}, r"saturation_margin must be in \(0, 0.5\), got 0.7"),
+    ],
+)
+def test_bad_arguments_are_refused(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        ActivationStatsCallback(**kwargs)

@@ -1,0 +1,160 @@
+"""Every logger gets the per-layer keys: W&B offline (read back), the real TensorBoard
+server (over HTTP), Lightning's CSV; W&B never prompts for a login and never leaks runs."""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from omegaconf import open_dict
+
+from gradwatch.train import train
+from tests.conftest import CONFIG_DIR
+from tests.wandb_records import history, run_name
+
+LAYER_KEYS = ["grad_norm/net.network.0", "weight_norm/net.network.0", "update_ratio/net.network.0"]
+
+
+@pytest.fixture(scope="module")
+def many_run(tmp_path_factory) -> Path:
+    """One short ReLU run with logger=many (TensorBoard + CSV + W&B offline)."""
+    tmp = tmp_path_factory.mktemp("many")
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv("WANDB_MODE", "offline")
+        env.setenv("WANDB_SILENT", "true")
+        with initialize_config_dir(str(CONFIG_DIR), version_base="1.3"):
+            cfg = compose(
+                "train",
+                overrides=[
+                    f"paths.log_dir={tmp}",
+                    "experiment=relu",
+                    "debug=fast",
+                    "logger=many",
+                    "callbacks.grad_norm.histogram_every_n_steps=2",
+                ],
+            )
+        with open_dict(cfg):
+            cfg.paths.output_dir = str(tmp / "run")
+        train(cfg)
+    return tmp / "run"
+
+
+def test_wandb_offline_history_holds_the_per_layer_keys(many_run):
+    import wandb
+
+    assert wandb.run is None  # finished at the end of the run
+    (log,) = many_run.glob("wandb/offline-run-*/run-*.wandb")
+    rows = history(log)
+    steps = {row["trainer/global_step"] for row in rows if "grad_norm/total" in row}
+    assert steps == {0, 1, 2}
+    keys = set().union(*rows)
+    assert {*LAYER_KEYS, "grad_norm/first_last_ratio", "train/loss"} <= keys
+    assert "activation/net.network.1/dead" in keys
+    histograms = [row for row in rows if "grad_hist/net.network.0/_type" in row]
+    assert [row["trainer/global_step"] for row in histograms] == [0, 2]
+    assert histograms[0]["grad_hist/net.network.0/_type"] == "histogram"
+    figures = [row for row in rows if "gradient_flow/_type" in row]  # the figure, as an image
+    assert figures and figures[-1]["gradient_flow/_type"] == "images/separated"
+    grad_rows = list(csv.DictReader((many_run / "grad_norms.csv").open()))
+    first = next(r for r in rows if r.get("trainer/global_step") == 0 and "grad_norm/total" in r)
+    assert first["grad_norm/net.network.0"] == pytest.approx(float(grad_rows[0]["grad_norm"]))
+
+
+def test_csv_logger_gets_the_per_layer_keys(many_run):
+    columns = next(csv.reader((many_run / "csv" / "metrics.csv").open()))
+    assert {*LAYER_KEYS, "grad_norm/total", "activation/net.network.1/mean"} <= set(columns)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _get(url: str):
+    with urllib.request.urlopen(url, timeout=5) as response:
+        return json.loads(response.read())
+
+
+def test_tensorboard_server_shows_the_per_layer_tags(many_run):
+    port = _free_port()
+    server = subprocess.Popen(
+        [
+            str(Path(sys.executable).parent / "tensorboard"),
+            "--logdir",
+            str(many_run / "tensorboard"),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    base = f"http://127.0.0.1:{port}/data/plugin"
+    try:
+        deadline, tags = time.monotonic() + 90, {}
+        while time.monotonic() < deadline and not any(tags.values()):
+            assert server.poll() is None, "tensorboard exited"
+            with contextlib.suppress(OSError):
+                tags = _get(f"{base}/scalars/tags")
+            time.sleep(0.5)
+        ((run, scalars),) = tags.items()
+        assert {*LAYER_KEYS, "grad_norm/total", "grad_norm/first_last_ratio"} <= set(scalars)
+        assert "activation/net.network.1/dead" in scalars
+        points = _get(f"{base}/scalars/scalars?run={run}&tag=grad_norm/net.network.0")
+        assert [step for _, step, _ in points] == [0, 1, 2]
+        images = _get(f"{base}/images/tags")
+        assert "gradient_flow" in images[run]
+        histograms = _get(f"{base}/histograms/tags")
+        assert "grad_hist/net.network.0" in histograms[run]
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+
+
+def test_wandb_without_a_key_runs_offline_without_prompting_and_finishes_each_job(tmp_path):
+    """A two-job multirun, no API key, no WANDB_MODE, stdin closed: two separate runs."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("WANDB_")}
+    env.update(HOME=str(tmp_path / "home"), HYDRA_FULL_ERROR="0")
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "gradwatch.train",
+            "-m",
+            "experiment=relu",
+            "debug=fast",
+            "logger=wandb",
+            "test=false",
+            "seed=1,2",
+            f"paths.log_dir={tmp_path}",
+        ],
+        cwd=tmp_path,
+        env=env,
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "No W&B API key found" in result.stderr
+    logs = sorted(tmp_path.glob("relu/multiruns/*/*/wandb/offline-run-*/run-*.wandb"))
+    assert len(logs) == 2 and logs[0].name != logs[1].name
+    names = [run_name(log) for log in logs]  # the experiment, then the overrides
+    assert [n.split()[0] for n in names] == ["relu", "relu"]
+    assert [n.split()[-1] for n in names] == ["seed=1", "seed=2"]
+    assert "debug=fast" in names[0] and "logger" not in names[0] and "paths" not in names[0]
+    for log in logs:  # each run holds exactly its own job's three steps
+        steps = [r["trainer/global_step"] for r in history(log) if "grad_norm/total" in r]
+        assert steps == [0, 1, 2]
