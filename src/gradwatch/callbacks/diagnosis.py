@@ -53,10 +53,12 @@ def diagnose(
     if nonfinite_layer is not None:
         advice = ADVICE["non-finite"].format(layer=nonfinite_layer, step=nonfinite_step)
         return Diagnosis("non-finite", math.nan, advice)
-    finite = [r for r in ratios if math.isfinite(r) and r > 0]
-    if not finite:
+    # A ratio of 0 is a first-layer gradient that underflowed (the extreme of vanishing) and
+    # inf an output-layer gradient of 0: both count, at the ends of the log scale.
+    logs = [math.log(r) if r > 0 else -math.inf for r in ratios if not math.isnan(r) and r >= 0]
+    if not logs:
         return Diagnosis("healthy", math.nan, "No gradient norms were recorded.")
-    ratio = math.exp(statistics.median(math.log(r) for r in finite))
+    ratio = math.exp(statistics.median(logs))
     if ratio < vanishing_ratio:
         verdict = "vanishing"
     elif ratio > exploding_ratio:
