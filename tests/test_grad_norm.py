@@ -55,7 +55,7 @@ def first_batches(n: int, batch_size: int) -> list[tuple[torch.Tensor, torch.Ten
     dm = DigitsDataModule(batch_size=batch_size, seed=0)
     dm.setup("fit")
     batches = iter(dm.train_dataloader())
-    return [next(batches) for _ in range(n)]
+    return [(dm.prepare_batch(x, train=True), y) for x, y in (next(batches) for _ in range(n))]
 
 
 def norms_by_layer(tensors: dict[str, torch.Tensor]) -> dict[str, float]:
