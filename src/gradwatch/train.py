@@ -1,11 +1,11 @@
 """Hydra entry point: compose -> instantiate -> fit -> test -> summary.json.
 
 python -m gradwatch.train experiment=relu model.net.depth=20 trainer.max_epochs=5
+python -m gradwatch.train experiment=relu ckpt_path=last   # resume the newest relu run
 """
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 from typing import Any
 
@@ -17,11 +17,26 @@ from omegaconf import DictConfig, OmegaConf
 
 from gradwatch.callbacks import GradientNormCallback
 from gradwatch.console import print_report
-from gradwatch.summary import update_summary
+from gradwatch.interrupt import EXIT_CODES, InterruptCheckpoint, interrupted_by, sigterm_raises
+from gradwatch.resume import check_same_network, load_checkpoint, resolve_ckpt_path
+from gradwatch.run_record import RunRecord
+from gradwatch.validate import validate_config
 
 
-def _instantiate_group(group: DictConfig | None) -> list[Any]:
-    return [instantiate(item) for item in (group or {}).values() if item is not None]
+def _instantiate_group(group: DictConfig | None, **extra: Any) -> list[Any]:
+    return [instantiate(item, **extra) for item in (group or {}).values() if item is not None]
+
+
+def _loggers(cfg: DictConfig, purge_step: int | None) -> list[Any]:
+    loggers = []
+    for item in (cfg.get("logger") or {}).values():
+        if item is None:
+            continue
+        # A continued run: TensorBoard hides what the interrupted launch logged past the checkpoint.
+        tensorboard = str(item.get("_target_", "")).endswith("TensorBoardLogger")
+        extra = {"purge_step": purge_step} if tensorboard and purge_step is not None else {}
+        loggers.append(instantiate(item, **extra))
+    return loggers
 
 
 def _metric(metrics: dict[str, torch.Tensor], key: str) -> float | None:
@@ -31,51 +46,56 @@ def _metric(metrics: dict[str, torch.Tensor], key: str) -> float | None:
 
 def train(cfg: DictConfig) -> dict[str, Any]:
     """Train and test one run; returns its summary. summary.json is written even on failure."""
-    run_dir = Path(cfg.paths.output_dir)
-    started = time.perf_counter()
-    update_summary(
-        run_dir,
-        experiment=cfg.task_name,
-        net=OmegaConf.to_container(cfg.model.net, resolve=True),
-        status="running",
-    )
+    record = RunRecord(Path(cfg.paths.output_dir), cfg)
+    stopper = InterruptCheckpoint()
+    trainer = grad_cb = None
     try:
-        if cfg.get("torch_threads"):
-            torch.set_num_threads(int(cfg.torch_threads))
-        L.seed_everything(cfg.seed, workers=True)
-        datamodule = instantiate(cfg.data)
-        net = instantiate(
-            cfg.model.net, input_shape=datamodule.input_shape, num_classes=datamodule.num_classes
-        )
-        module_cfg = OmegaConf.masked_copy(cfg.model, [k for k in cfg.model if k != "net"])
-        model = instantiate(module_cfg, net=net, num_classes=datamodule.num_classes)
-        callbacks = _instantiate_group(cfg.get("callbacks"))
-        trainer = instantiate(
-            cfg.trainer, callbacks=callbacks, logger=_instantiate_group(cfg.get("logger")) or False
-        )
-        trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
-        metrics = dict(trainer.callback_metrics)
-        if cfg.get("test"):
-            trainer.test(model, datamodule=datamodule, verbose=False)
-            metrics.update(trainer.callback_metrics)
+        with sigterm_raises(stopper):
+            validate_config(cfg)
+            ckpt_path = resolve_ckpt_path(cfg, record.run_dir)
+            if cfg.get("torch_threads"):
+                torch.set_num_threads(int(cfg.torch_threads))
+            L.seed_everything(cfg.seed, workers=True)
+            datamodule = instantiate(cfg.data)
+            net = instantiate(
+                cfg.model.net,
+                input_shape=datamodule.input_shape,
+                num_classes=datamodule.num_classes,
+            )
+            module_cfg = OmegaConf.masked_copy(cfg.model, [k for k in cfg.model if k != "net"])
+            model = instantiate(module_cfg, net=net, num_classes=datamodule.num_classes)
+            step = None
+            if ckpt_path is not None:
+                checkpoint = load_checkpoint(ckpt_path, cfg.task_name)
+                check_same_network(checkpoint, model, ckpt_path)
+                step = int(checkpoint["global_step"])
+                del checkpoint
+            record.start(ckpt_path, step)
+            callbacks = [*_instantiate_group(cfg.get("callbacks")), stopper]
+            grad_cb = next((c for c in callbacks if isinstance(c, GradientNormCallback)), None)
+            purge_step = step if record.continuing else None
+            trainer = instantiate(
+                cfg.trainer, callbacks=callbacks, logger=_loggers(cfg, purge_step) or False
+            )
+            trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=False)
+            metrics = dict(trainer.callback_metrics)
+            if cfg.get("test"):
+                trainer.test(model, datamodule=datamodule, verbose=False)
+                metrics.update(trainer.callback_metrics)
     except BaseException as err:
-        update_summary(
-            run_dir,
-            status="failed",
-            error=f"{type(err).__name__}: {err}",
-            duration_s=time.perf_counter() - started,
-        )
-        raise
-    summary = update_summary(
-        run_dir,
-        status="completed",
-        val_acc=_metric(metrics, "val/acc"),
-        test_acc=_metric(metrics, "test/acc"),
-        duration_s=round(time.perf_counter() - started, 3),
+        signal = interrupted_by(err, trainer, stopper)
+        if not signal:
+            record.failed(err)
+            raise
+        extra = grad_cb.summary() if grad_cb is not None else {}
+        step = trainer.global_step if trainer is not None else None
+        record.interrupted(signal, step, stopper.saved_path, extra)
+        raise SystemExit(EXIT_CODES[signal]) from None
+    summary = record.completed(
+        val_acc=_metric(metrics, "val/acc"), test_acc=_metric(metrics, "test/acc")
     )
     if trainer.is_global_zero:
-        grad_cb = next((c for c in callbacks if isinstance(c, GradientNormCallback)), None)
-        print_report(summary, grad_cb, run_dir)
+        print_report(summary, grad_cb, record.run_dir)
     summary["metrics"] = {k: float(v) for k, v in metrics.items()}
     return summary
 
