@@ -10,6 +10,7 @@ PORT   ?= 6006
 .DEFAULT_GOAL := help
 .PHONY: help install train train-sigmoid train-tanh train-relu train-batchnorm train-residual \
         test lint tensorboard clean distclean
+.PHONY: train-exploding train-clipped
 
 help: ## list the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | \
@@ -43,6 +44,13 @@ train-batchnorm: $(STAMP) ## ReLU + He init + BatchNorm
 
 train-residual: $(STAMP) ## the article's ModernDeepNetwork: 20 residual blocks
 	$(BIN)/python -m gradwatch.train experiment=residual $(ARGS)
+
+# Gradient clipping demo (configs/experiment/exploding.yaml): the same net without and with clipping.
+train-exploding: $(STAMP) ## a badly initialized 20-layer ReLU net + SGD: gradients explode, loss turns NaN
+	$(BIN)/python -m gradwatch.train experiment=exploding $(ARGS)
+
+train-clipped: $(STAMP) ## the same net with norm clipping (trainer.gradient_clip_val=1.0): it trains
+	$(BIN)/python -m gradwatch.train experiment=exploding trainer.gradient_clip_val=1.0 $(ARGS)
 
 test: $(STAMP) ## run the test suite (offline, CPU)
 	$(BIN)/python -m pytest

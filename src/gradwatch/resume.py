@@ -21,8 +21,8 @@ from gradwatch.summary import SUMMARY_FILE
 
 LAST = "last"
 CHECKPOINT_DIR = "checkpoints"
-#: CSV files in a run directory that have a ``step`` column: Lightning's CSVLogger and ours.
-STEP_CSVS = ("grad_norms.csv", "csv/metrics.csv")
+#: Our CSV file with a ``step`` column, cut back on resume (Lightning's CSVLogger: below).
+STEP_CSVS = ("grad_norms.csv",)
 
 
 def last_checkpoint_in(run_dir: str | os.PathLike) -> Path | None:
@@ -163,25 +163,48 @@ def check_same_network(checkpoint: dict[str, Any], model: torch.nn.Module, path:
     )
 
 
-def drop_rows_from_step(path: Path, step: int) -> int:
-    """Remove rows with ``step >= step`` from a CSV that has a ``step`` column; returns how many."""
-    if not path.is_file():
-        return 0
+def _rows_before(path: Path, step: int) -> tuple[list[str], list[dict[str, str]], int]:
+    """The header, the rows with ``step < step``, and how many rows were dropped."""
     with path.open(newline="") as f:
         reader = csv.DictReader(f)
-        fields, rows = reader.fieldnames or [], list(reader)
+        fields, rows = list(reader.fieldnames or []), list(reader)
     if "step" not in fields:
-        return 0
+        return fields, rows, 0
     kept = [row for row in rows if not (row["step"] and int(float(row["step"])) >= step)]
-    if len(kept) == len(rows):
-        return 0
+    return fields, kept, len(rows) - len(kept)
+
+
+def _write_rows(path: Path, fields: list[str], rows: list[dict[str, str]]) -> None:
     tmp = path.with_suffix(path.suffix + ".tmp")
     with tmp.open("w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=fields)
         writer.writeheader()
-        writer.writerows(kept)
+        writer.writerows(rows)
     os.replace(tmp, path)
-    return len(rows) - len(kept)
+
+
+def drop_rows_from_step(path: Path, step: int) -> int:
+    """Remove rows with ``step >= step`` from a CSV that has a ``step`` column; returns how many."""
+    if not path.is_file():
+        return 0
+    fields, kept, dropped = _rows_before(path, step)
+    if dropped:
+        _write_rows(path, fields, kept)
+    return dropped
+
+
+def continue_csv_logger(logger: Any, step: int) -> None:
+    """Lightning's CSVLogger deletes ``metrics.csv`` when it starts; keep the rows before ``step``.
+
+    Call on global rank 0 only, before training: the logger's writer is created here.
+    """
+    path = Path(logger.log_dir) / "metrics.csv"
+    if not path.is_file():
+        return
+    fields, kept, _ = _rows_before(path, step)
+    writer = logger.experiment  # creating the writer deletes metrics.csv
+    _write_rows(path, fields, kept)
+    writer.metrics_keys = fields  # later saves append under this header (or widen it)
 
 
 def continue_step_logs(run_dir: Path, step: int) -> None:

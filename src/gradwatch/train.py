@@ -13,12 +13,19 @@ import hydra
 import lightning as L
 import torch
 from hydra.utils import instantiate
+from lightning.pytorch.loggers import CSVLogger
+from lightning.pytorch.utilities.rank_zero import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
 from gradwatch.callbacks import GradientNormCallback
 from gradwatch.console import print_report
 from gradwatch.interrupt import EXIT_CODES, InterruptCheckpoint, interrupted_by, sigterm_raises
-from gradwatch.resume import check_same_network, load_checkpoint, resolve_ckpt_path
+from gradwatch.resume import (
+    check_same_network,
+    continue_csv_logger,
+    load_checkpoint,
+    resolve_ckpt_path,
+)
 from gradwatch.run_record import RunRecord
 from gradwatch.validate import validate_config
 
@@ -27,15 +34,19 @@ def _instantiate_group(group: DictConfig | None, **extra: Any) -> list[Any]:
     return [instantiate(item, **extra) for item in (group or {}).values() if item is not None]
 
 
-def _loggers(cfg: DictConfig, purge_step: int | None) -> list[Any]:
+def _loggers(cfg: DictConfig, resume_step: int | None) -> list[Any]:
+    """The configured loggers; a continued run's logs resume at ``resume_step``."""
     loggers = []
     for item in (cfg.get("logger") or {}).values():
         if item is None:
             continue
-        # A continued run: TensorBoard hides what the interrupted launch logged past the checkpoint.
         tensorboard = str(item.get("_target_", "")).endswith("TensorBoardLogger")
-        extra = {"purge_step": purge_step} if tensorboard and purge_step is not None else {}
-        loggers.append(instantiate(item, **extra))
+        # TensorBoard hides what the interrupted launch logged past the checkpoint.
+        extra = {"purge_step": resume_step} if tensorboard and resume_step is not None else {}
+        logger = instantiate(item, **extra)
+        if isinstance(logger, CSVLogger) and resume_step is not None and rank_zero_only.rank == 0:
+            continue_csv_logger(logger, resume_step)
+        loggers.append(logger)
     return loggers
 
 
@@ -73,10 +84,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
             record.start(ckpt_path, step)
             callbacks = [*_instantiate_group(cfg.get("callbacks")), stopper]
             grad_cb = next((c for c in callbacks if isinstance(c, GradientNormCallback)), None)
-            purge_step = step if record.continuing else None
-            trainer = instantiate(
-                cfg.trainer, callbacks=callbacks, logger=_loggers(cfg, purge_step) or False
-            )
+            loggers = _loggers(cfg, step if record.continuing else None)
+            trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
             trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=False)
             metrics = dict(trainer.callback_metrics)
             if cfg.get("test"):
