@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import csv
 import os
+import warnings
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -202,7 +203,9 @@ def continue_csv_logger(logger: Any, step: int) -> None:
     if not path.is_file():
         return
     fields, kept, _ = _rows_before(path, step)
-    writer = logger.experiment  # creating the writer deletes metrics.csv
+    with warnings.catch_warnings():  # "Previous log files ... will be deleted": not for long
+        warnings.filterwarnings("ignore", message="Experiment logs directory")
+        writer = logger.experiment  # creating the writer deletes metrics.csv
     _write_rows(path, fields, kept)
     writer.metrics_keys = fields  # later saves append under this header (or widen it)
 
