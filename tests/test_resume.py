@@ -27,6 +27,7 @@ from tests.runs import (
     assert_same_training,
     checkpoint_step,
     compose_run,
+    grad_norm_rows,
     launch,
     only_run_dir,
     torch_threads_kept,
@@ -192,3 +193,17 @@ def test_drop_rows_from_step_keeps_earlier_rows_and_the_header(tmp_path):
         "1,a,1,2.0",
     ]
     assert drop_rows_from_step(path, 2) == 0
+
+
+def test_relaunch_in_the_same_directory_without_a_checkpoint_starts_its_logs_over(tmp_path):
+    """E.g. a SLURM job requeued with a fixed hydra.run.dir before its first checkpoint."""
+    run_dir = tmp_path / "run"
+    fast = ["experiment=relu", "model.net.depth=3", "debug=fast", "logger=csv"]
+    csv_steps = []
+    for _ in range(2):
+        assert train(compose_run(run_dir, tmp_path, *fast))["status"] == "completed"
+        csv_steps.append(_lightning_csv_steps(run_dir))
+    rows = grad_norm_rows(run_dir)  # fails on a step logged twice
+    assert {step for step, _ in rows} == {0, 1, 2}
+    assert csv_steps[0] == csv_steps[1]
+    assert len(json.loads((run_dir / "provenance.json").read_text())["launches"]) == 2

@@ -44,13 +44,13 @@ class RunRecord:
         return update_summary(self.run_dir, **fields) if self.writes else fields
 
     def start(self, ckpt_path: Path | None, step: int | None) -> None:
-        """Mark the run ``running``; on a resume in this directory, cut the logs at ``step``."""
+        """Mark the run ``running``; continuing this directory, cut its logs at ``step``."""
         if self.open:
             return
         self.open = True
         if not self.writes:
             return
-        if ckpt_path is not None and step is not None and self.continuing:
+        if self.continuing and step is not None:
             continue_step_logs(self.run_dir, step)
         fields: dict[str, Any] = {}
         if self.continuing:  # the earlier launch's ending no longer holds
@@ -64,7 +64,8 @@ class RunRecord:
             duration_s=None,
             **fields,
         )
-        write_provenance(self.run_dir, self.cfg, launch_record(self.cfg, ckpt_path, step))
+        launch = launch_record(self.cfg, ckpt_path, step if ckpt_path is not None else None)
+        write_provenance(self.run_dir, self.cfg, launch)
 
     def failed(self, err: BaseException) -> None:
         if self.open:  # a resume that failed its checks leaves the earlier record as it was

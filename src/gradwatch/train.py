@@ -81,10 +81,13 @@ def train(cfg: DictConfig) -> dict[str, Any]:
                 check_same_network(checkpoint, model, ckpt_path)
                 step = int(checkpoint["global_step"])
                 del checkpoint
-            record.start(ckpt_path, step)
+            # Continuing a run directory (a resume, or a relaunch with a fixed hydra.run.dir):
+            # its logs go on from the checkpoint's step, or start over at 0 without one.
+            log_from = (step or 0) if record.continuing else None
+            record.start(ckpt_path, log_from)
             callbacks = [*_instantiate_group(cfg.get("callbacks")), stopper]
             grad_cb = next((c for c in callbacks if isinstance(c, GradientNormCallback)), None)
-            loggers = _loggers(cfg, step if record.continuing else None)
+            loggers = _loggers(cfg, log_from)
             trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
             trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=False)
             metrics = dict(trainer.callback_metrics)
