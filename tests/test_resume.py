@@ -16,7 +16,7 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from gradwatch.data import TensorBatches
-from gradwatch.interrupt import InterruptCheckpoint, sigterm_raises
+from gradwatch.interrupt import InterruptCheckpoint
 from gradwatch.resume import drop_rows_from_step
 from gradwatch.summary import read_summary
 from gradwatch.train import train
@@ -149,9 +149,13 @@ def test_ctrl_c_finishes_the_step_saves_last_ckpt_and_exits_130(tmp_path):
 def test_sigterm_before_the_trainer_starts_still_ends_the_run():
     callback = InterruptCheckpoint()
     previous = signal.getsignal(signal.SIGTERM)
-    with pytest.raises(SIGTERMException), sigterm_raises(callback):
-        os.kill(os.getpid(), signal.SIGTERM)
-        time.sleep(5)  # the handler raises long before this ends
+    callback.catch_sigterm()
+    try:
+        with pytest.raises(SIGTERMException):
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(5)  # the handler raises long before this ends
+    finally:
+        callback.release_sigterm()
     assert callback.signal == "SIGTERM"
     assert signal.getsignal(signal.SIGTERM) == previous
 

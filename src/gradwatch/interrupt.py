@@ -4,8 +4,8 @@ While a Trainer runs, Lightning turns SIGTERM into a flag that stops training at
 batch boundary (raising ``SIGTERMException``, on every DDP rank at the same step).
 ``InterruptCheckpoint`` routes the first Ctrl-C through the same path, so the checkpoint it
 then saves never holds a half-done step; a second Ctrl-C stops at once without saving.
-Outside the Trainer (building the model, loading data), :func:`sigterm_raises` makes SIGTERM
-raise like Ctrl-C does, so the run can still record why it ended.
+Outside the Trainer (building the model, loading data), :meth:`InterruptCheckpoint.catch_sigterm`
+makes SIGTERM raise like Ctrl-C does, so the run can still record why it ended.
 """
 
 from __future__ import annotations
@@ -13,8 +13,6 @@ from __future__ import annotations
 import os
 import signal
 import threading
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from types import FrameType
 from typing import Any
@@ -52,6 +50,24 @@ class InterruptCheckpoint(L.Callback):
         self.trainer_running = False  # Lightning's own SIGTERM handler is active
         self._training = False  # the checkpoint has been restored and steps are being taken
         self._previous_sigint: Any = None
+        self._previous_sigterm: Any = None
+
+    # -- SIGTERM outside the Trainer -----------------------------------------------------
+    def catch_sigterm(self) -> None:
+        """Until :meth:`release_sigterm`: SIGTERM raises ``SIGTERMException`` unless a Trainer
+        (with Lightning's own handler, which calls this one too) is running."""
+        if _in_main_thread():  # signal handlers can only be set there
+            self._previous_sigterm = signal.signal(signal.SIGTERM, self._on_sigterm)
+
+    def release_sigterm(self) -> None:
+        if self._previous_sigterm is not None:
+            signal.signal(signal.SIGTERM, self._previous_sigterm)
+            self._previous_sigterm = None
+
+    def _on_sigterm(self, signum: int, frame: FrameType | None) -> None:
+        if not self.trainer_running:
+            self.signal = self.signal or "SIGTERM"
+            raise SIGTERMException
 
     # -- SIGINT -> Lightning's SIGTERM path while fitting -------------------------------
     def _on_sigint(self, signum: int, frame: FrameType | None) -> None:
@@ -107,25 +123,6 @@ class InterruptCheckpoint(L.Callback):
         trainer.save_checkpoint(path)
         self.saved_path = path
         rank_zero_info(f"{self.signal}: saved {path} at step {trainer.global_step}")
-
-
-@contextmanager
-def sigterm_raises(callback: InterruptCheckpoint) -> Iterator[None]:
-    """Within: SIGTERM raises ``SIGTERMException`` unless a Trainer (and its handler) runs."""
-
-    def handler(signum: int, frame: FrameType | None) -> None:
-        if not callback.trainer_running:
-            callback.signal = callback.signal or "SIGTERM"
-            raise SIGTERMException
-
-    if not _in_main_thread():  # signal handlers can only be set there
-        yield
-        return
-    previous = signal.signal(signal.SIGTERM, handler)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
 
 
 def interrupted_by(err: BaseException, trainer: L.Trainer | None, cb: InterruptCheckpoint) -> str:

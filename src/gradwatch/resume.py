@@ -184,6 +184,17 @@ def _write_rows(path: Path, fields: list[str], rows: list[dict[str, str]]) -> No
     os.replace(tmp, path)
 
 
+def checked_resume_step(
+    ckpt_path: Path | None, model: torch.nn.Module, task_name: str
+) -> int | None:
+    """The step a checkpoint resumes at, once it is known to be one that fits ``model``."""
+    if ckpt_path is None:
+        return None
+    checkpoint = load_checkpoint(ckpt_path, task_name)
+    check_same_network(checkpoint, model, ckpt_path)
+    return int(checkpoint["global_step"])
+
+
 def drop_rows_from_step(path: Path, step: int) -> int:
     """Remove rows with ``step >= step`` from a CSV that has a ``step`` column; returns how many."""
     if not path.is_file():

@@ -19,19 +19,14 @@ from omegaconf import DictConfig, OmegaConf
 
 from gradwatch.callbacks import GradientNormCallback
 from gradwatch.console import print_report
-from gradwatch.interrupt import EXIT_CODES, InterruptCheckpoint, interrupted_by, sigterm_raises
-from gradwatch.resume import (
-    check_same_network,
-    continue_csv_logger,
-    load_checkpoint,
-    resolve_ckpt_path,
-)
+from gradwatch.interrupt import EXIT_CODES, InterruptCheckpoint, interrupted_by
+from gradwatch.resume import checked_resume_step, continue_csv_logger, resolve_ckpt_path
 from gradwatch.run_record import RunRecord
 from gradwatch.validate import validate_config
 
 
-def _instantiate_group(group: DictConfig | None, **extra: Any) -> list[Any]:
-    return [instantiate(item, **extra) for item in (group or {}).values() if item is not None]
+def _instantiate_group(group: DictConfig | None) -> list[Any]:
+    return [instantiate(item) for item in (group or {}).values() if item is not None]
 
 
 def _loggers(cfg: DictConfig, resume_step: int | None) -> list[Any]:
@@ -58,51 +53,46 @@ def _metric(metrics: dict[str, torch.Tensor], key: str) -> float | None:
 def train(cfg: DictConfig) -> dict[str, Any]:
     """Train and test one run; returns its summary. summary.json is written even on failure."""
     record = RunRecord(Path(cfg.paths.output_dir), cfg)
-    stopper = InterruptCheckpoint()
+    stopper = InterruptCheckpoint()  # Ctrl-C and SIGTERM: save last.ckpt, status interrupted
     trainer = grad_cb = None
     try:
-        with sigterm_raises(stopper):
-            validate_config(cfg)
-            ckpt_path = resolve_ckpt_path(cfg, record.run_dir)
-            if cfg.get("torch_threads"):
-                torch.set_num_threads(int(cfg.torch_threads))
-            L.seed_everything(cfg.seed, workers=True)
-            datamodule = instantiate(cfg.data)
-            net = instantiate(
-                cfg.model.net,
-                input_shape=datamodule.input_shape,
-                num_classes=datamodule.num_classes,
-            )
-            module_cfg = OmegaConf.masked_copy(cfg.model, [k for k in cfg.model if k != "net"])
-            model = instantiate(module_cfg, net=net, num_classes=datamodule.num_classes)
-            step = None
-            if ckpt_path is not None:
-                checkpoint = load_checkpoint(ckpt_path, cfg.task_name)
-                check_same_network(checkpoint, model, ckpt_path)
-                step = int(checkpoint["global_step"])
-                del checkpoint
-            # Continuing a run directory (a resume, or a relaunch with a fixed hydra.run.dir):
-            # its logs go on from the checkpoint's step, or start over at 0 without one.
-            log_from = (step or 0) if record.continuing else None
-            record.start(ckpt_path, log_from)
-            callbacks = [*_instantiate_group(cfg.get("callbacks")), stopper]
-            grad_cb = next((c for c in callbacks if isinstance(c, GradientNormCallback)), None)
-            loggers = _loggers(cfg, log_from)
-            trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
-            trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=False)
-            metrics = dict(trainer.callback_metrics)
-            if cfg.get("test"):
-                trainer.test(model, datamodule=datamodule, verbose=False)
-                metrics.update(trainer.callback_metrics)
+        stopper.catch_sigterm()
+        validate_config(cfg)
+        ckpt_path = resolve_ckpt_path(cfg, record.run_dir)
+        if cfg.get("torch_threads"):
+            torch.set_num_threads(int(cfg.torch_threads))
+        L.seed_everything(cfg.seed, workers=True)
+        datamodule = instantiate(cfg.data)
+        net = instantiate(
+            cfg.model.net, input_shape=datamodule.input_shape, num_classes=datamodule.num_classes
+        )
+        module_cfg = OmegaConf.masked_copy(cfg.model, [k for k in cfg.model if k != "net"])
+        model = instantiate(module_cfg, net=net, num_classes=datamodule.num_classes)
+        step = checked_resume_step(ckpt_path, model, cfg.task_name)
+        # Continuing a run directory (a resume, or a relaunch with a fixed hydra.run.dir):
+        # its logs go on from the checkpoint's step, or start over at 0 without one.
+        log_from = (step or 0) if record.continuing else None
+        record.start(ckpt_path, log_from)
+        callbacks = [*_instantiate_group(cfg.get("callbacks")), stopper]
+        grad_cb = next((c for c in callbacks if isinstance(c, GradientNormCallback)), None)
+        loggers = _loggers(cfg, log_from)
+        trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+        trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=False)
+        metrics = dict(trainer.callback_metrics)
+        if cfg.get("test"):
+            trainer.test(model, datamodule=datamodule, verbose=False)
+            metrics.update(trainer.callback_metrics)
     except BaseException as err:
         signal = interrupted_by(err, trainer, stopper)
         if not signal:
             record.failed(err)
             raise
-        extra = grad_cb.summary() if grad_cb is not None else {}
         step = trainer.global_step if trainer is not None else None
+        extra = grad_cb.summary() if grad_cb is not None else {}
         record.interrupted(signal, step, stopper.saved_path, extra)
         raise SystemExit(EXIT_CODES[signal]) from None
+    finally:
+        stopper.release_sigterm()
     summary = record.completed(
         val_acc=_metric(metrics, "val/acc"), test_acc=_metric(metrics, "test/acc")
     )
