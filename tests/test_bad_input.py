@@ -94,6 +94,16 @@ def test_batch_size_must_be_a_positive_integer(tmp_path, monkeypatch, capsys, va
     assert message in failed_run(tmp_path)["error"]
 
 
+@pytest.mark.parametrize(("value", "shown"), [("abc", "'abc'"), ("-1", "-1"), ("1.5", "1.5")])
+def test_seed_must_be_an_integer_numpy_accepts(tmp_path, monkeypatch, capsys, value, shown):
+    code, err = run_main(
+        monkeypatch, capsys, "experiment=relu", f"seed={value}", f"paths.log_dir={tmp_path}"
+    )
+    message = f"seed must be an integer from 0 to 4294967295, got {shown}."
+    assert code == 1 and message in err
+    assert message in failed_run(tmp_path)["error"]
+
+
 def test_unknown_precision_names_the_allowed_values(tmp_path, monkeypatch, capsys):
     code, err = run_main(
         monkeypatch, capsys, "experiment=relu", "trainer.precision=17", f"paths.log_dir={tmp_path}"

@@ -15,6 +15,14 @@ _CUDA_ACCELERATORS = {"gpu", "cuda"}
 _CPU_CHOICES = "trainer=default (accelerator auto), trainer=cpu, or trainer=ddp_cpu"
 
 
+MAX_SEED = 2**32 - 1  # what NumPy accepts
+
+
+def check_seed(seed: object) -> None:
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= MAX_SEED:
+        raise ValueError(f"seed must be an integer from 0 to {MAX_SEED}, got {seed!r}.")
+
+
 def check_learning_rate(cfg: DictConfig) -> None:
     optimizer = cfg.get("model", {}).get("optimizer")
     if optimizer is not None and "lr" in optimizer:
@@ -39,5 +47,6 @@ def check_accelerator(trainer: DictConfig) -> None:
 
 def validate_config(cfg: DictConfig) -> None:
     """Raise a ValueError naming the bad value and what would be valid."""
+    check_seed(cfg.get("seed"))
     check_learning_rate(cfg)
     check_accelerator(cfg.trainer)
