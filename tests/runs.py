@@ -18,7 +18,7 @@ from gradwatch.plots import read_grad_norms
 from tests.conftest import CONFIG_DIR
 
 #: A tiny, fast, fully logged run: 3 x 16 ReLU net, 40 batches of 32 per epoch, every step
-#: logged, last.ckpt every 3 steps (so a SIGKILL can land mid-epoch), one thread.
+#: logged, last-step.ckpt every 3 steps (so a SIGKILL can land mid-epoch), one thread.
 TINY = [
     "experiment=relu",
     "model.net.depth=3",
@@ -31,8 +31,8 @@ TINY = [
     "trainer.enable_progress_bar=false",
     "test=false",
     "torch_threads=1",
-    "++callbacks.model_checkpoint.every_n_train_steps=3",
-    "++callbacks.model_checkpoint.save_top_k=0",
+    "callbacks=step_checkpoint",
+    "callbacks.step_checkpoint.every_n_train_steps=3",
 ]
 TINY_STEPS = 6 * 40
 

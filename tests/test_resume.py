@@ -66,20 +66,20 @@ def test_sigkilled_run_resumed_with_ckpt_path_last_matches_an_uninterrupted_run(
     proc = launch(*TINY, "logger=csv", f"paths.log_dir={tmp_path}", cwd=tmp_path)
     seen = {"mtime": 0.0, "step": -1}
 
-    def last_ckpt_at_step_9_or_later() -> bool:
-        last = next(tmp_path.glob("relu/runs/*/checkpoints/last.ckpt"), None)
+    def step_ckpt_at_step_9_or_later() -> bool:
+        last = next(tmp_path.glob("relu/runs/*/checkpoints/last-step.ckpt"), None)
         if last is not None and last.stat().st_mtime != seen["mtime"]:
             seen["mtime"] = last.stat().st_mtime
             seen["step"] = checkpoint_step(last)  # written atomically by Lightning
         return seen["step"] >= 9
 
-    wait_until(proc, last_ckpt_at_step_9_or_later)
+    wait_until(proc, step_ckpt_at_step_9_or_later)
     proc.kill()
     proc.communicate()
     assert proc.returncode == -signal.SIGKILL
 
     run_dir = only_run_dir(tmp_path)
-    killed_at = checkpoint_step(run_dir / "checkpoints" / "last.ckpt")
+    killed_at = max(checkpoint_step(p) for p in (run_dir / "checkpoints").glob("last*.ckpt"))
     assert 9 <= killed_at < TINY_STEPS
     assert read_summary(run_dir)["status"] == "running"  # SIGKILL leaves no time to write
 
