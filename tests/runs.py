@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import subprocess
 import sys
@@ -12,9 +13,12 @@ from pathlib import Path
 
 import torch
 from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, open_dict
 
 from gradwatch.plots import read_grad_norms
+from gradwatch.train import main
 from tests.conftest import CONFIG_DIR
 
 #: A tiny, fast, fully logged run: 3 x 16 ReLU net, 40 batches of 32 per epoch, every step
@@ -54,6 +58,33 @@ def torch_threads_kept() -> Iterator[None]:
         yield
     finally:
         torch.set_num_threads(threads)
+
+
+def run_main(monkeypatch, capsys, *args: str) -> tuple[int, str]:
+    """``python -m gradwatch.train ARGS`` in this process: (exit code, stderr).
+
+    Imported (not run as ``__main__``), Hydra would look for the configs inside the
+    package, so the config directory is passed as the CLI does implicitly.
+    """
+    monkeypatch.setattr(sys, "argv", ["gradwatch.train", f"--config-path={CONFIG_DIR}", *args])
+    monkeypatch.setenv("HYDRA_FULL_ERROR", "0")
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    code = 0
+    try:
+        main()
+    except SystemExit as exit_info:
+        code = exit_info.code
+    finally:
+        GlobalHydra.instance().clear()
+        HydraConfig.instance().cfg = None
+        # Hydra's job logging points the root logger at this test's captured stderr.
+        for handler in root.handlers[:]:
+            if handler not in handlers:
+                root.removeHandler(handler)
+                handler.close()
+        root.handlers[:], root.level = handlers, level
+    return code, capsys.readouterr().err
 
 
 def launch(*args: str, cwd: Path) -> subprocess.Popen:

@@ -9,37 +9,17 @@ datamodules (issue 4).
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import pytest
 import torch
-from hydra.core.global_hydra import GlobalHydra
-from hydra.core.hydra_config import HydraConfig
 
 from gradwatch.summary import read_summary
-from gradwatch.train import main, train
-from tests.conftest import CONFIG_DIR, run_cli
-from tests.runs import compose_run
+from gradwatch.train import train
+from tests.conftest import run_cli
+from tests.runs import compose_run, run_main
 
 NO_CUDA = pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
-
-
-def run_main(monkeypatch, capsys, *args: str) -> tuple[int, str]:
-    """``python -m gradwatch.train ARGS`` in this process: (exit code, stderr).
-
-    Imported (not run as ``__main__``), Hydra would look for the configs inside the
-    package, so the config directory is passed as the CLI does implicitly.
-    """
-    monkeypatch.setattr(sys, "argv", ["gradwatch.train", f"--config-path={CONFIG_DIR}", *args])
-    monkeypatch.setenv("HYDRA_FULL_ERROR", "0")
-    try:
-        with pytest.raises(SystemExit) as exit_info:
-            main()
-    finally:
-        GlobalHydra.instance().clear()
-        HydraConfig.instance().cfg = None
-    return exit_info.value.code, capsys.readouterr().err
 
 
 def failed_run(log_dir: Path, task: str = "relu") -> dict:

@@ -30,6 +30,7 @@ from tests.runs import (
     grad_norm_rows,
     launch,
     only_run_dir,
+    run_main,
     torch_threads_kept,
     wait_until,
 )
@@ -211,3 +212,28 @@ def test_relaunch_in_the_same_directory_without_a_checkpoint_starts_its_logs_ove
     assert {step for step, _ in rows} == {0, 1, 2}
     assert csv_steps[0] == csv_steps[1]
     assert len(json.loads((run_dir / "provenance.json").read_text())["launches"]) == 2
+
+
+def test_a_checkpoint_of_another_experiment_starts_a_run_of_its_own(tmp_path, monkeypatch, capsys):
+    small = ["model.net.depth=2", "debug=fast", "logger=none"]
+    relu_run = tmp_path / "relu" / "runs" / "first"
+    assert (
+        train(compose_run(relu_run, tmp_path, "experiment=relu", *small))["status"] == "completed"
+    )
+    before = (relu_run / "summary.json").read_text()
+    ckpt = relu_run / "checkpoints" / "last.ckpt"
+
+    code, err = run_main(
+        monkeypatch,
+        capsys,
+        "experiment=tanh",
+        *small,
+        f"ckpt_path={ckpt}",
+        f"paths.log_dir={tmp_path}",
+    )
+    assert code == 0, err[-3000:]
+    tanh_run = only_run_dir(tmp_path, "tanh")
+    summary = read_summary(tanh_run)
+    assert summary["status"] == "completed" and summary["experiment"] == "tanh"
+    assert summary["resumed_from"] == str(ckpt)
+    assert (relu_run / "summary.json").read_text() == before

@@ -34,6 +34,9 @@ def _in_main_thread() -> bool:
 class InterruptCheckpoint(L.Callback):
     """Saves ``<dirpath>/last.ckpt`` when fitting stops on SIGINT or SIGTERM.
 
+    It also flushes the loggers before every checkpoint, so what a checkpoint has seen is
+    on disk, and a resume from it neither loses nor repeats logged steps.
+
     Example::
 
         trainer = L.Trainer(callbacks=[InterruptCheckpoint()])
@@ -104,6 +107,14 @@ class InterruptCheckpoint(L.Callback):
                 Path(trainer.default_root_dir) / "checkpoints",
             )
         return dirpath / f"{ModelCheckpoint.CHECKPOINT_NAME_LAST}{ModelCheckpoint.FILE_EXTENSION}"
+
+    def on_save_checkpoint(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]
+    ) -> None:
+        # Lightning flushes the loggers only after a step's checkpoint: a kill in between
+        # would lose rows that the resumed run (starting after that step) never writes again.
+        for logger in trainer.loggers:
+            logger.save()
 
     def on_exception(
         self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException

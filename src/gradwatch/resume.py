@@ -18,7 +18,7 @@ from typing import Any
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from gradwatch.summary import SUMMARY_FILE
+from gradwatch.summary import SUMMARY_FILE, read_summary
 
 LAST = "last"
 CHECKPOINT_DIR = "checkpoints"
@@ -59,8 +59,12 @@ def _checkpoint_for(cfg: Any) -> Path | None:
 
 
 def _resumed_run_dir(root: Any) -> Path | None:
+    """The run a resume continues: the checkpoint's, when it is a run of this experiment."""
     ckpt = _checkpoint_for(root)
-    return None if ckpt is None else run_dir_of(ckpt)
+    run = None if ckpt is None else run_dir_of(ckpt)
+    if run is None or read_summary(run).get("experiment") != root.task_name:
+        return None  # another experiment's checkpoint starts a run of its own
+    return run
 
 
 def _run_dir_resolver(default: str, *, _root_: DictConfig) -> str:

@@ -35,28 +35,15 @@ class RunRecord:
         self.writes = rank_zero_only.rank == 0
         self.continuing = (run_dir / SUMMARY_FILE).exists()
         self.started = time.perf_counter()
-        self.open = False
-        if not self.continuing:  # a new run says `running` before anything can fail
-            self.start(None, None)
+        self.open = not self.continuing
+        if self.open:  # a new run says `running` before anything can fail
+            self._running()
 
     def _update(self, **fields: Any) -> dict[str, Any]:
         fields.setdefault("duration_s", round(time.perf_counter() - self.started, 3))
         return update_summary(self.run_dir, **fields) if self.writes else fields
 
-    def start(self, ckpt_path: Path | None, step: int | None) -> None:
-        """Mark the run ``running``; continuing this directory, cut its logs at ``step``."""
-        if self.open:
-            return
-        self.open = True
-        if not self.writes:
-            return
-        if self.continuing and step is not None:
-            continue_step_logs(self.run_dir, step)
-        fields: dict[str, Any] = {}
-        if self.continuing:  # the earlier launch's ending no longer holds
-            fields = {"error": None, "interrupted_by": None, "checkpoint": None}
-        if ckpt_path is not None:
-            fields.update(resumed_from=str(ckpt_path), resumed_from_step=step)
+    def _running(self, **fields: Any) -> None:
         self._update(
             experiment=self.cfg.task_name,
             net=OmegaConf.to_container(self.cfg.model.net, resolve=True),
@@ -64,8 +51,24 @@ class RunRecord:
             duration_s=None,
             **fields,
         )
-        launch = launch_record(self.cfg, ckpt_path, step if ckpt_path is not None else None)
-        write_provenance(self.run_dir, self.cfg, launch)
+
+    def log_from(self, ckpt_step: int | None) -> int | None:
+        """Where a continued directory's logs go on: the checkpoint's step, or 0 without one."""
+        return (ckpt_step or 0) if self.continuing else None
+
+    def start(self, ckpt_path: Path | None, ckpt_step: int | None) -> None:
+        """Training starts (its config and checkpoint checked): record it, cut continued logs."""
+        self.open = True
+        if not self.writes:
+            return
+        fields: dict[str, Any] = {}
+        if self.continuing:  # the earlier launch's ending no longer holds
+            continue_step_logs(self.run_dir, self.log_from(ckpt_step))
+            fields = {"error": None, "interrupted_by": None, "checkpoint": None}
+        if ckpt_path is not None:
+            fields.update(resumed_from=str(ckpt_path), resumed_from_step=ckpt_step)
+        self._running(**fields)
+        write_provenance(self.run_dir, self.cfg, launch_record(self.cfg, ckpt_path, ckpt_step))
 
     def failed(self, err: BaseException) -> None:
         if self.open:  # a resume that failed its checks leaves the earlier record as it was

@@ -30,7 +30,7 @@ def _instantiate_group(group: DictConfig | None) -> list[Any]:
 
 
 def _loggers(cfg: DictConfig, resume_step: int | None) -> list[Any]:
-    """The configured loggers; a continued run's logs resume at ``resume_step``."""
+    """The configured loggers; a continued run directory's logs go on at ``resume_step``."""
     loggers = []
     for item in (cfg.get("logger") or {}).values():
         if item is None:
@@ -69,13 +69,10 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         module_cfg = OmegaConf.masked_copy(cfg.model, [k for k in cfg.model if k != "net"])
         model = instantiate(module_cfg, net=net, num_classes=datamodule.num_classes)
         step = checked_resume_step(ckpt_path, model, cfg.task_name)
-        # Continuing a run directory (a resume, or a relaunch with a fixed hydra.run.dir):
-        # its logs go on from the checkpoint's step, or start over at 0 without one.
-        log_from = (step or 0) if record.continuing else None
-        record.start(ckpt_path, log_from)
+        record.start(ckpt_path, step)
         callbacks = [*_instantiate_group(cfg.get("callbacks")), stopper]
         grad_cb = next((c for c in callbacks if isinstance(c, GradientNormCallback)), None)
-        loggers = _loggers(cfg, log_from)
+        loggers = _loggers(cfg, record.log_from(step))
         trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
         trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=False)
         metrics = dict(trainer.callback_metrics)
