@@ -8,6 +8,7 @@ import json
 import os
 import signal
 import time
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -90,8 +91,14 @@ def test_sigkilled_run_resumed_with_ckpt_path_last_matches_an_uninterrupted_run(
     assert summary["status"] == "completed" and summary["steps"] == TINY_STEPS
     assert summary["resumed_from_step"] == killed_at
     assert_same_training(run_dir, reference)
-    # Lightning's CSVLogger continues too: the same rows as the uninterrupted run, none twice.
-    assert _lightning_csv_steps(run_dir) == _lightning_csv_steps(reference)
+    # Lightning's CSVLogger continues too, no step twice. Lightning logs a step's train/loss
+    # only after the checkpoint that ends the step, so a SIGKILL in that instant loses that
+    # one row for good (grad_norms.csv, written before the checkpoint, never does).
+    got = Counter(_lightning_csv_steps(run_dir))
+    want = Counter(_lightning_csv_steps(reference))
+    assert all(got[step] <= want[step] for step in got)
+    del got[killed_at - 1], want[killed_at - 1]
+    assert got == want
 
 
 def test_sigterm_saves_last_ckpt_marks_the_run_interrupted_and_it_resumes_exactly(
