@@ -10,6 +10,7 @@ PORT   ?= 6006
 .DEFAULT_GOAL := help
 .PHONY: help install train train-sigmoid train-tanh train-relu train-batchnorm train-residual \
         test lint tensorboard clean distclean bench
+.PHONY: train-exploding train-clipped
 
 help: ## list the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | \
@@ -54,6 +55,13 @@ train-resnet-cnn: $(STAMP) ## the article's ResidualBlock CNN (digits offline; A
 
 train-plain-cnn: $(STAMP) ## the same CNN without skips, to compare with train-resnet-cnn
 	$(BIN)/python -m gradwatch.train experiment=plain_cnn $(ARGS)
+
+# Gradient clipping demo (configs/experiment/exploding.yaml): the same net without and with clipping.
+train-exploding: $(STAMP) ## a badly initialized 20-layer ReLU net + SGD: gradients explode, loss turns NaN
+	$(BIN)/python -m gradwatch.train experiment=exploding $(ARGS)
+
+train-clipped: $(STAMP) ## the same net with norm clipping (trainer.gradient_clip_val=1.0): it trains
+	$(BIN)/python -m gradwatch.train experiment=exploding trainer.gradient_clip_val=1.0 $(ARGS)
 
 test: $(STAMP) ## run the test suite (offline, CPU)
 	$(BIN)/python -m pytest

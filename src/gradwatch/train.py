@@ -1,11 +1,11 @@
 """Hydra entry point: compose -> instantiate -> fit -> test -> summary.json.
 
 python -m gradwatch.train experiment=relu model.net.depth=20 trainer.max_epochs=5
+python -m gradwatch.train experiment=relu ckpt_path=last   # resume the newest relu run
 """
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 from typing import Any
 
@@ -13,17 +13,38 @@ import hydra
 import lightning as L
 import torch
 from hydra.utils import instantiate
+from lightning.pytorch.loggers import CSVLogger
+from lightning.pytorch.utilities.rank_zero import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
 from gradwatch.callbacks import GradientNormCallback
 from gradwatch.console import print_report
+from gradwatch.interrupt import EXIT_CODES, InterruptCheckpoint, interrupted_by
 from gradwatch.loggers import finish_wandb
-from gradwatch.summary import update_summary
+from gradwatch.resume import checked_resume_step, continue_csv_logger, resolve_ckpt_path
+from gradwatch.run_record import RunRecord
 from gradwatch.sweep import multirun_job
+from gradwatch.validate import validate_config
 
 
 def _instantiate_group(group: DictConfig | None) -> list[Any]:
     return [instantiate(item) for item in (group or {}).values() if item is not None]
+
+
+def _loggers(cfg: DictConfig, resume_step: int | None) -> list[Any]:
+    """The configured loggers; a continued run directory's logs go on at ``resume_step``."""
+    loggers = []
+    for item in (cfg.get("logger") or {}).values():
+        if item is None:
+            continue
+        tensorboard = str(item.get("_target_", "")).endswith("TensorBoardLogger")
+        # TensorBoard hides what the interrupted launch logged past the checkpoint.
+        extra = {"purge_step": resume_step} if tensorboard and resume_step is not None else {}
+        logger = instantiate(item, **extra)
+        if isinstance(logger, CSVLogger) and resume_step is not None and rank_zero_only.rank == 0:
+            continue_csv_logger(logger, resume_step)
+        loggers.append(logger)
+    return loggers
 
 
 def _metric(metrics: dict[str, torch.Tensor], key: str) -> float | None:
@@ -33,15 +54,13 @@ def _metric(metrics: dict[str, torch.Tensor], key: str) -> float | None:
 
 def train(cfg: DictConfig) -> dict[str, Any]:
     """Train and test one run; returns its summary. summary.json is written even on failure."""
-    run_dir = Path(cfg.paths.output_dir)
-    started = time.perf_counter()
-    update_summary(
-        run_dir,
-        experiment=cfg.task_name,
-        net=OmegaConf.to_container(cfg.model.net, resolve=True),
-        status="running",
-    )
+    record = RunRecord(Path(cfg.paths.output_dir), cfg)
+    stopper = InterruptCheckpoint()  # Ctrl-C and SIGTERM: save last.ckpt, status interrupted
+    trainer = grad_cb = None
     try:
+        stopper.catch_sigterm()
+        validate_config(cfg)
+        ckpt_path = resolve_ckpt_path(cfg, record.run_dir)
         if cfg.get("torch_threads"):
             torch.set_num_threads(int(cfg.torch_threads))
         torch.set_flush_denormal(bool(cfg.get("flush_denormal", False)))
@@ -52,35 +71,34 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         )
         module_cfg = OmegaConf.masked_copy(cfg.model, [k for k in cfg.model if k != "net"])
         model = instantiate(module_cfg, net=net, num_classes=datamodule.num_classes)
-        callbacks = _instantiate_group(cfg.get("callbacks"))
-        trainer = instantiate(
-            cfg.trainer, callbacks=callbacks, logger=_instantiate_group(cfg.get("logger")) or False
-        )
-        trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+        step = checked_resume_step(ckpt_path, model, cfg.task_name)
+        record.start(ckpt_path, step)
+        callbacks = [*_instantiate_group(cfg.get("callbacks")), stopper]
+        grad_cb = next((c for c in callbacks if isinstance(c, GradientNormCallback)), None)
+        loggers = _loggers(cfg, record.log_from(step))
+        trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+        trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=False)
         metrics = dict(trainer.callback_metrics)
         if cfg.get("test"):
             trainer.test(model, datamodule=datamodule, verbose=False)
             metrics.update(trainer.callback_metrics)
     except BaseException as err:
-        update_summary(
-            run_dir,
-            status="failed",
-            error=f"{type(err).__name__}: {err}",
-            duration_s=time.perf_counter() - started,
-        )
-        raise
+        signal = interrupted_by(err, trainer, stopper)
+        if not signal:
+            record.failed(err)
+            raise
+        step = trainer.global_step if trainer is not None else None
+        extra = grad_cb.summary() if grad_cb is not None else {}
+        record.interrupted(signal, step, stopper.saved_path, extra)
+        raise SystemExit(EXIT_CODES[signal]) from None
     finally:
+        stopper.release_sigterm()
         finish_wandb()  # so multirun jobs never share a W&B run
-    summary = update_summary(
-        run_dir,
-        status="completed",
-        val_acc=_metric(metrics, "val/acc"),
-        test_acc=_metric(metrics, "test/acc"),
-        duration_s=round(time.perf_counter() - started, 3),
+    summary = record.completed(
+        val_acc=_metric(metrics, "val/acc"), test_acc=_metric(metrics, "test/acc")
     )
     if trainer.is_global_zero:
-        grad_cb = next((c for c in callbacks if isinstance(c, GradientNormCallback)), None)
-        print_report(summary, grad_cb, run_dir)
+        print_report(summary, grad_cb, record.run_dir)
     summary["metrics"] = {k: float(v) for k, v in metrics.items()}
     return summary
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -23,6 +24,10 @@ class TensorBatches:
     slice of the permutation, the batch a single process with ``world_size`` times the
     batch size would see. Lightning calls :meth:`set_epoch` through the ``sampler``
     attribute at the start of every epoch.
+
+    It is resumable mid-epoch: Lightning stores :meth:`state_dict` (the epoch and how many
+    batches it has handed out) in every checkpoint and calls :meth:`load_state_dict` on
+    resume, so the next iteration continues with the first batch not yet trained on.
     """
 
     def __init__(
@@ -42,6 +47,8 @@ class TensorBatches:
         self.seed = seed
         self.drop_last = drop_last
         self.epoch = 0
+        self._served = 0  # batches handed out in the current iteration
+        self._resume: tuple[int, int] | None = None  # (epoch, batches to skip)
 
     #: Lightning inspects these DataLoader attributes; ``sampler`` leads it to set_epoch.
     batch_sampler = None
@@ -77,8 +84,18 @@ class TensorBatches:
             return rows // self.batch_size
         return -(-rows // self.batch_size)
 
+    def state_dict(self) -> dict[str, Any]:
+        return {"epoch": self.epoch, "served": self._served}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self._resume = (int(state_dict["epoch"]), int(state_dict["served"]))
+
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        # A generator: the body runs at the first next(), after Lightning's set_epoch.
+        start, self._resume = self._resume, None
+        self._served = start[1] if start is not None and start[0] == self.epoch else 0
         order = self._indices()
-        for i in range(len(self)):
+        for i in range(self._served, len(self)):
             index = order[i * self.batch_size : (i + 1) * self.batch_size]
+            self._served = i + 1
             yield self.x[index], self.y[index]
