@@ -53,9 +53,9 @@ CONFIG_DIR = Path(gradwatch.__file__).resolve().parents[2] / "configs"
 #: other jobs on a shared machine inflate far less than wall time; the default is wall time.
 CLOCKS = {"wall": time.perf_counter, "cpu": time.process_time}
 #: Lightning adds a ModelCheckpoint of its own unless checkpointing is switched off.
-NO_CHECKPOINT = ("~callbacks.model_checkpoint", "+trainer.enable_checkpointing=false")
+NO_CHECKPOINT = ("~callbacks.model_checkpoint", "++trainer.enable_checkpointing=false")
 #: The Trainer with nothing of ours but the module and data: Lightning's own per-step cost.
-BARE = ("callbacks=none", "logger=none", "+trainer.enable_checkpointing=false")
+BARE = ("callbacks=none", "logger=none", "++trainer.enable_checkpointing=false")
 #: network -> (warm-up epochs, timed epochs, timed epochs when quick); digits: 10 steps/epoch
 EPOCHS = {"sigmoid": (1, 8, 2), "residual": (1, 2, 1)}
 
@@ -73,7 +73,7 @@ def compose_config(experiment: str, log_dir: str, *overrides: str) -> DictConfig
                 f"experiment={experiment}",
                 f"paths.log_dir={log_dir}",
                 "trainer.enable_progress_bar=false",
-                "+trainer.limit_val_batches=0",
+                "++trainer.limit_val_batches=0",
                 "test=false",
                 *overrides,
             ],

@@ -435,6 +435,14 @@ class GradientNormCallback(L.Callback):
     def state_dict(self) -> dict[str, Any]:
         return {key: getattr(self, key) for key in self._STATE}
 
+    def on_save_checkpoint(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]
+    ) -> None:
+        # The rows a checkpoint covers must be on disk: a run resumed from it (after a kill)
+        # writes only the steps that follow.
+        if self._csv is not None:
+            self._csv.flush()
+
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         for key in self._STATE:
             if key in state_dict:
