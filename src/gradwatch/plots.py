@@ -118,15 +118,7 @@ def plot_norms_over_training(
     return ax
 
 
-def gradient_flow_figure(
-    csv_path: str | os.PathLike, save: str | os.PathLike | None = None, max_lines: int = 6
-):
-    """The gradient-flow figure of one run's ``grad_norms.csv``: up to ``max_lines`` logged
-    steps overlaid. Returns the open figure (the caller closes it) and saves it when asked."""
-    fig, ax = plt.subplots(figsize=(8, 4.5))
-    plot_gradient_flow(read_grad_norms(csv_path), ax=ax, max_lines=max_lines)
-    fig.tight_layout()
-    if save is not None:
-        Path(save).parent.mkdir(parents=True, exist_ok=True)
-        fig.savefig(save, dpi=120)
-    return fig
+def gradient_flow_figure(csv_path: str | os.PathLike, save: str | os.PathLike, max_lines: int = 6):
+    """The gradient-flow figure of one run's ``grad_norms.csv`` (up to ``max_lines`` logged
+    steps overlaid), saved as a PNG."""
+    plot_gradient_flow(read_grad_norms(csv_path), save=save, max_lines=max_lines)

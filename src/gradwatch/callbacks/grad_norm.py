@@ -366,11 +366,8 @@ class GradientNormCallback(L.Callback):
         if not path.exists():
             return
         png = self._run_dir(trainer) / FIGURE_FILE
-        figure = gradient_flow_figure(path, png)
-        log_figure(trainer.loggers, "gradient_flow", figure, png, step)
-        import matplotlib.pyplot as plt
-
-        plt.close(figure)
+        gradient_flow_figure(path, png)
+        log_figure(trainer.loggers, "gradient_flow", png, step)
 
     # -- end of fit --------------------------------------------------------------------
     def diagnosis(self) -> Diagnosis:

@@ -29,10 +29,17 @@ def log_histograms(loggers: Iterable[Logger], values: dict[str, torch.Tensor], s
             logger.log_metrics(histograms, step=step)
 
 
-def log_figure(loggers: Iterable[Logger], tag: str, figure, png: Path, step: int) -> None:
-    """A matplotlib figure (already saved as ``png``) as an image on TensorBoard and W&B."""
+def log_figure(loggers: Iterable[Logger], tag: str, png: Path, step: int) -> None:
+    """A figure saved as ``png`` as an image on TensorBoard and W&B.
+
+    The PNG is read back rather than the figure re-rendered: drawing a figure costs far
+    more than decoding its PNG.
+    """
     for logger in loggers:
         if isinstance(logger, TensorBoardLogger):
-            logger.experiment.add_figure(tag, figure, step, close=False)
+            from matplotlib.image import imread
+
+            rgb = imread(png)[..., :3]  # float in [0, 1], height x width x RGB(A)
+            logger.experiment.add_image(tag, rgb, step, dataformats="HWC")
         elif isinstance(logger, WandbLogger):
             logger.log_image(tag, [str(png)], step=step)
