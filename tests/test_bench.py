@@ -109,13 +109,8 @@ def test_sweep_ceiling_rows_compare_two_processes_with_one():
     assert with_ratios([one, two])[1].ratio == pytest.approx(two.value / one.value)
 
 
-def test_sweep_grid_uses_the_preset_when_there_is_one(tmp_path, monkeypatch):
+def test_sweep_grid_is_the_make_sweep_preset():
+    assert (training.CONFIG_DIR / "sweep" / "small.yaml").exists()
     grid, source = sweep.grid_overrides(quick=False)
-    if sweep.PRESET.exists():
-        assert grid in (["sweep=small"], ["+sweep=small"]) and "small.yaml" in source
-    else:
-        assert grid == sweep.FALLBACK_GRID and "not on this branch" in source
-    monkeypatch.setattr(sweep, "PRESET", tmp_path / "small.yaml")
-    (tmp_path / "small.yaml").write_text("# a preset\n")
-    assert sweep.grid_overrides(quick=False)[0][0].endswith("sweep=small")
+    assert grid == ["sweep=small"] and "small.yaml" in source
     assert "debug=fast" in sweep.grid_overrides(quick=True)[0]

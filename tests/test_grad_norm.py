@@ -71,17 +71,18 @@ def csv_rows(run_dir) -> list[dict[str, str]]:
     return list(csv.DictReader((run_dir / "grad_norms.csv").open()))
 
 
-def fit_one_step(net, tmp_path):
+def fit_one_step(net, tmp_path, logger=False):
     torch.manual_seed(0)
     callback = Recorder(log_every_n_steps=1)
-    fit_steps(net, tmp_path, callbacks=[callback])
+    fit_steps(net, tmp_path, callbacks=[callback], **({"logger": logger} if logger else {}))
     return callback
 
 
 def test_logged_norms_equal_an_independent_computation(tmp_path):
     torch.manual_seed(0)
     net = MLP(64, 10, depth=3, width=16, activation="relu", norm="batch")
-    cb = fit_one_step(net, tmp_path)
+    log = MemoryLogger()
+    cb = fit_one_step(net, tmp_path, logger=log)
     # Independent: group parameters by module path (the name before the last dot).
     expected: dict[str, float] = {}
     for name, grad in cb.grads.items():
@@ -107,7 +108,8 @@ def test_logged_norms_equal_an_independent_computation(tmp_path):
     assert float(rows[0]["grad_norm"]) == pytest.approx(expected["net.network.0"], rel=1e-5)
     total = math.sqrt(sum(v * v for v in expected.values()))
     assert cb.ratios[0] == pytest.approx(expected["net.network.0"] / expected["net.network.9"])
-    assert total > 0
+    assert log.values("grad_norm/total")[0] == pytest.approx(total, rel=1e-5)
+    assert log.values("grad_norm/net.network.4")[0] == pytest.approx(expected["net.network.4"])
 
 
 def test_forward_order_is_not_registration_order(tmp_path):
@@ -138,6 +140,8 @@ def test_layer_without_gradient_is_absent_not_zero(tmp_path):
     assert "net.unused" not in cb.first_norms
     rows = {r["layer"]: r for r in csv.DictReader((tmp_path / "grad_norms.csv").open())}
     assert rows["net.unused"]["grad_norm"] == ""
+    # The ratio is taken over the layers that have a gradient: a finite number, not NaN.
+    assert cb.ratios[0] == pytest.approx(1.0)
 
 
 def test_sigmoid_gradients_vanish_and_relu_he_gradients_do_not(tmp_path):

@@ -103,6 +103,8 @@ def test_every_registered_option_builds_and_runs(activation, init):
         ({"depth": 0}, "model.net.depth must be a positive integer, got 0"),
         ({"width": -3}, "model.net.width must be a positive integer, got -3"),
         ({"depth": 2.5}, "model.net.depth must be a positive integer, got 2.5"),
+        ({"depth": 10.0}, "model.net.depth must be a positive integer, got 10.0"),
+        ({"width": float("inf")}, "model.net.width must be a positive integer, got inf"),
         ({"init_scale": float("nan")}, "init_scale must be a positive number, got nan"),
     ],
 )

@@ -92,3 +92,5 @@ def test_bad_net_options_exit_nonzero_with_a_clear_message(tmp_path, override, m
     (run_dir,) = (tmp_path / "sigmoid" / "runs").iterdir()
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["status"] == "failed" and message.split(".")[0] in summary["error"]
+    assert summary.keys() >= SUMMARY_KEYS  # every contract key, None where nothing was measured
+    assert summary["diagnosis"] is None and summary["val_acc"] is None

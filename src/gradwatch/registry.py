@@ -19,9 +19,8 @@ def choose(kind: str, name: str, options: Mapping[str, T]) -> T:
 
 def require_positive(name: str, value: object, kind: Callable = int) -> None:
     """Raise a ValueError unless ``value`` is a positive number of the given kind."""
-    is_number = isinstance(value, (int, float)) and not isinstance(value, bool)
-    if kind is int and is_number and value != int(value):
-        is_number = False
+    types = int if kind is int else (int, float)
+    is_number = isinstance(value, types) and not isinstance(value, bool)
     if not is_number or not value > 0:  # `not >` also catches NaN
         wanted = "a positive integer" if kind is int else "a positive number"
         raise ValueError(f"{name} must be {wanted}, got {value!r}.")

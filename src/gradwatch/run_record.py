@@ -21,6 +21,17 @@ from gradwatch.provenance import launch_record, write_provenance
 from gradwatch.resume import LAST, continue_step_logs
 from gradwatch.summary import SUMMARY_FILE, update_summary
 
+#: summary.json keys a run measures (DESIGN.md); ``None`` until it does.
+MEASURED_KEYS = (
+    "val_acc",
+    "test_acc",
+    "steps",
+    "initial_first_last_ratio",
+    "final_first_last_ratio",
+    "diagnosis",
+    "advice",
+)
+
 
 def _overrides() -> list[str]:
     if HydraConfig.initialized():
@@ -44,7 +55,10 @@ class RunRecord:
         return update_summary(self.run_dir, **fields) if self.writes else fields
 
     def _running(self, **fields: Any) -> None:
+        # Every key of the contract is present from the start; the run fills in what it measures.
+        measured = dict.fromkeys(MEASURED_KEYS)
         self._update(
+            **measured,
             experiment=self.cfg.task_name,
             net=OmegaConf.to_container(self.cfg.model.net, resolve=True),
             status="running",

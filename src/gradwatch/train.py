@@ -95,7 +95,9 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         stopper.release_sigterm()
         finish_wandb()  # so multirun jobs never share a W&B run
     summary = record.completed(
-        val_acc=_metric(metrics, "val/acc"), test_acc=_metric(metrics, "test/acc")
+        val_acc=_metric(metrics, "val/acc"),
+        test_acc=_metric(metrics, "test/acc"),
+        steps=trainer.global_step,
     )
     if trainer.is_global_zero:
         print_report(summary, grad_cb, record.run_dir)

@@ -1,7 +1,6 @@
 """Sweep wall time: ``make sweep``'s grid with the joblib launcher at 2 jobs vs 1 job.
 
-The grid is the ``configs/sweep/small.yaml`` preset when it exists; otherwise the same
-networks x depths given as command-line overrides (:data:`FALLBACK_GRID`). Each job uses
+The grid is the ``configs/sweep/small.yaml`` preset, as ``make sweep`` runs it. Each job uses
 one torch thread, so two jobs fill two cores without oversubscribing them. The full grid
 takes minutes, so ``--quick`` runs a two-network, one-depth grid of ``debug=fast`` jobs
 instead (a check that the rows work, not a speedup figure). Two ``ceiling`` rows measure
@@ -22,30 +21,16 @@ import time
 from pathlib import Path
 
 from gradwatch.bench.core import Row
-from gradwatch.bench.training import CONFIG_DIR
 
 GROUP = "sweep"
-PRESET = CONFIG_DIR / "sweep" / "small.yaml"
-#: The networks x depths of ``make sweep``, as overrides, until the sweep preset exists.
-#: Longest jobs first (Hydra runs the first override's values outermost): a long job left
-#: for last would run alone on one core while the other idles.
-FALLBACK_GRID = ["model.net.depth=20,10,5", "experiment=residual,batchnorm,relu,tanh,sigmoid"]
 QUICK_GRID = ["experiment=sigmoid,relu", "model.net.depth=5", "debug=fast"]
 JOBS = (1, 2)
-
-
-def _uses_preset_group() -> bool:
-    """Whether train.yaml lists ``sweep`` in its defaults (then no ``+`` to select it)."""
-    return "sweep" in (CONFIG_DIR / "train.yaml").read_text().split("defaults:", 1)[-1]
 
 
 def grid_overrides(quick: bool) -> tuple[list[str], str]:
     if quick:
         return QUICK_GRID, "quick grid: 2 debug=fast jobs"
-    if PRESET.exists():
-        select = "sweep=small" if _uses_preset_group() else "+sweep=small"
-        return [select], "configs/sweep/small.yaml"
-    return FALLBACK_GRID, "sweep preset not on this branch: same grid as overrides"
+    return ["sweep=small"], "configs/sweep/small.yaml"
 
 
 def run_sweep(grid: list[str], n_jobs: int, log_dir: Path) -> tuple[float, int, int]:

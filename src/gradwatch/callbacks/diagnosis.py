@@ -6,8 +6,6 @@ import math
 import statistics
 from dataclasses import dataclass
 
-VERDICTS = ("vanishing", "exploding", "healthy", "non-finite")
-
 ADVICE = {
     "vanishing": (
         "The input-side layers get {ratio:.1e} of the output layer's gradient, so they barely "

@@ -103,7 +103,7 @@ class GradientNormCallback(L.Callback):
         exploding_ratio: float = 1e2,
         dirpath: str | os.PathLike | None = None,
         weight_stats: bool = True,
-        stop_on_nonfinite: bool = False,
+        stop_on_nonfinite: bool = True,
         warn: bool = True,
         histogram_every_n_steps: int | None = None,
         figure_every_n_steps: int | None = None,
@@ -282,9 +282,11 @@ class GradientNormCallback(L.Callback):
         norms, has_grad = row["grad_norm"], row["has_grad"]
         # Layers without a gradient this step are absent, not zero.
         by_layer = {name: v for name, v, g in zip(names, norms, has_grad) if g}
-        first = norms[0] if has_grad[0] else math.nan
-        last = norms[-1] if has_grad[-1] else math.nan
-        ratio = first / last if last else math.inf
+        # First and last among the layers that have a gradient this step (a layer that
+        # never runs must not turn every ratio into NaN).
+        present = [v for v, g in zip(norms, has_grad) if g]
+        first, last = (present[0], present[-1]) if present else (math.nan, math.nan)
+        ratio = first / last if last else (math.nan if first == 0 else math.inf)
         if self.first_step is None:
             self.first_norms, self.first_step = by_layer, step
         self.last_norms, self.last_step = by_layer, step

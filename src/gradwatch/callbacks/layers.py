@@ -81,18 +81,3 @@ def group_norms(
         return out.scatter_reduce(0, index, norms, reduce="amax")
     out = torch.zeros(n_groups, device=norms.device).index_add_(0, index, norms.pow(norm_type))
     return out.pow_(1.0 / norm_type) if root else out
-
-
-def layer_grad_norms(
-    params: list[nn.Parameter], layer_of_param: torch.Tensor, n_layers: int, norm_type: float
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-layer gradient norms and a mask of the layers that have a gradient, on the device."""
-    device = layer_of_param.device
-    present = [i for i, p in enumerate(params) if p.grad is not None]
-    has_grad = torch.zeros(n_layers, dtype=torch.bool, device=device)
-    if not present:
-        return torch.zeros(n_layers, device=device), has_grad
-    index = layer_of_param[present] if len(present) < len(params) else layer_of_param
-    norms = tensor_norms([params[i].grad for i in present], norm_type, device)
-    has_grad[index] = True
-    return group_norms(norms, index, n_layers, norm_type), has_grad
