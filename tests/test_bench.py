@@ -86,7 +86,7 @@ def test_bad_options_exit_nonzero_naming_the_value(args, message, tmp_path, caps
 
 def test_training_rows_measure_the_stack_and_the_plain_loop(tmp_path):
     cfg = training.compose_config("sigmoid", str(tmp_path), "data.batch_size=512")
-    with training._quiet():
+    with training.quiet():
         stack = training.stack_steps_per_s(cfg, warmup=1, epochs=1)
         plain = training.plain_loop_steps_per_s(cfg, warmup=1, epochs=1, item_norms=True)
     assert math.isfinite(stack) and stack > 0 and math.isfinite(plain) and plain > 0

@@ -175,7 +175,7 @@ def test_diagnosis_verdicts():
     ("kwargs", "message"),
     [
         ({"norm_type": 0}, "norm_type must be a positive number"),
-        ({"log_every_n_steps": 0}, "log_every_n_steps must be a positive integer, got 0"),
+        ({"log_every_n_steps": 0}, "log_every_n_steps must be a positive integer or null, got 0"),
         ({"vanishing_ratio": 10, "exploding_ratio": 1}, "need 0 < vanishing_ratio"),
     ],
 )

@@ -10,6 +10,7 @@ from rich.console import Console
 from rich.table import Table
 
 from gradwatch.callbacks.grad_norm import GradientNormCallback
+from gradwatch.run_files import GRADIENT_FLOW_FILE
 
 VERDICT_STYLE = {
     "vanishing": "bold red",
@@ -65,7 +66,7 @@ def print_report(
     if summary.get("stop_reason"):
         console.print(f"[bold red]stopped early:[/] {summary['stop_reason']}")
     console.print(f"run directory: {run_dir}")
-    if (run_dir / "gradient_flow.png").exists():
+    if (run_dir / GRADIENT_FLOW_FILE).exists():
         console.print(f"gradient-flow figure: {run_dir / 'gradient_flow.png'}")
     if (run_dir / "tensorboard").exists():
         console.print(

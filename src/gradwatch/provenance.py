@@ -21,6 +21,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 import gradwatch
+from gradwatch.summary import write_json
 
 PROVENANCE_FILE = "provenance.json"
 CONFIG_FILE = "config.yaml"
@@ -74,6 +75,4 @@ def write_provenance(run_dir: Path, cfg: DictConfig, launch: dict[str, Any]) -> 
     path = run_dir / PROVENANCE_FILE
     launches = json.loads(path.read_text()).get("launches", []) if path.exists() else []
     record = {**launch, "launches": [*launches, launch]}
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(record, indent=2) + "\n")
-    os.replace(tmp, path)
+    write_json(path, record)

@@ -18,12 +18,13 @@ from typing import Any
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from gradwatch.run_files import GRAD_NORMS_FILE
 from gradwatch.summary import SUMMARY_FILE, read_summary
 
 LAST = "last"
 CHECKPOINT_DIR = "checkpoints"
 #: Our CSV file with a ``step`` column, cut back on resume (Lightning's CSVLogger: below).
-STEP_CSVS = ("grad_norms.csv",)
+STEP_CSVS = (GRAD_NORMS_FILE,)
 
 
 def last_checkpoint_in(run_dir: str | os.PathLike) -> Path | None:

@@ -26,12 +26,17 @@ def read_summary(run_dir: str | os.PathLike) -> dict[str, Any]:
     return json.loads(path.read_text()) if path.exists() else {}
 
 
+def write_json(path: Path, data: dict[str, Any], **dumps: Any) -> None:
+    """Write ``data`` as JSON atomically (a reader never sees half a file)."""
+    tmp = path.with_suffix(f".json.{os.getpid()}.tmp")  # DDP ranks may write at once
+    tmp.write_text(json.dumps(data, indent=2, **dumps) + "\n")
+    os.replace(tmp, path)
+
+
 def update_summary(run_dir: str | os.PathLike, **fields: Any) -> dict[str, Any]:
     """Merge ``fields`` into ``<run_dir>/summary.json``, written atomically."""
     path = Path(run_dir) / SUMMARY_FILE
     path.parent.mkdir(parents=True, exist_ok=True)
     summary = {**read_summary(run_dir), **_jsonable(fields)}
-    tmp = path.with_suffix(f".json.{os.getpid()}.tmp")  # DDP ranks may write at once
-    tmp.write_text(json.dumps(summary, indent=2, sort_keys=True) + "\n")
-    os.replace(tmp, path)
+    write_json(path, summary, sort_keys=True)
     return summary

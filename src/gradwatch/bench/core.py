@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 import statistics
 import time
-from collections.abc import Callable
+import warnings
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 
 import torch
@@ -63,3 +65,19 @@ def with_ratios(rows: list[Row]) -> list[Row]:
         faster_is_bigger = row.unit != "s"
         row.ratio = row.value / base.value if faster_is_bigger else base.value / row.value
     return rows
+
+
+@contextlib.contextmanager
+def quiet() -> Iterator[None]:
+    """Silence Lightning's per-fit banners and warnings while timing: they would bury the table."""
+    loggers = [logging.getLogger(n) for n in ("lightning.pytorch", "lightning.fabric")]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        for lg, level in zip(loggers, levels):
+            lg.setLevel(level)

@@ -24,7 +24,6 @@ note of each row gives the overhead as a share of the baseline's step time.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import os
 import statistics
 import tempfile
@@ -37,7 +36,7 @@ import torch
 from lightning.pytorch.loggers import WandbLogger
 from lightning.pytorch.utilities import grad_norm
 
-from gradwatch.bench.core import Row, pin_threads, with_ratios
+from gradwatch.bench.core import Row, pin_threads, quiet, with_ratios
 from gradwatch.callbacks import GradientNormCallback
 from gradwatch.data import DigitsDataModule
 from gradwatch.module import ClassifierModule
@@ -183,7 +182,7 @@ def run(repeats: int = 3, quick: bool = False) -> list[Row]:
     torch.set_flush_denormal(True)  # sigmoid nets make subnormals, which are slow on CPU
     steps = {"sigmoid_mlp": 60 if quick else 200, "residual_mlp": 15 if quick else 50}
     rows = []
-    with tempfile.TemporaryDirectory() as root, _quiet():
+    with tempfile.TemporaryDirectory() as root, quiet():
         for net_name, n in steps.items():
             rates: dict[str, list[float]] = defaultdict(list)
             shares: dict[str, list[float]] = defaultdict(list)
@@ -216,22 +215,6 @@ def run(repeats: int = 3, quick: bool = False) -> list[Row]:
             overhead = f"overhead {100 * (1 / row.ratio - 1):+.1f}% of step time"
             row.note = "; ".join(filter(None, [overhead, row.note]))
     return rows
-
-
-@contextlib.contextmanager
-def _quiet():
-    """Lightning's info lines and warnings would bury the table."""
-    import logging
-    import warnings
-
-    level = logging.getLogger("lightning.pytorch").level
-    logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        try:
-            yield
-        finally:
-            logging.getLogger("lightning.pytorch").setLevel(level)
 
 
 def main() -> None:

@@ -25,13 +25,10 @@ done, whatever else shares the machine).
 
 from __future__ import annotations
 
-import contextlib
-import logging
 import os
 import statistics
 import tempfile
 import time
-import warnings
 from collections.abc import Callable
 from pathlib import Path
 
@@ -44,7 +41,7 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 import gradwatch
-from gradwatch.bench.core import Row
+from gradwatch.bench.core import Row, quiet
 from gradwatch.train import _instantiate_group
 
 GROUP = "training"
@@ -191,22 +188,6 @@ def interleaved_medians(variants: dict[str, Callable[[], float]], repeats: int) 
     return {name: statistics.median(values) for name, values in results.items()}
 
 
-@contextlib.contextmanager
-def _quiet():
-    """Silence Lightning's per-fit banners and warnings while timing."""
-    loggers = [logging.getLogger(n) for n in ("lightning.pytorch", "lightning.fabric")]
-    levels = [lg.level for lg in loggers]
-    for lg in loggers:
-        lg.setLevel(logging.ERROR)
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            yield
-    finally:
-        for lg, level in zip(loggers, levels):
-            lg.setLevel(level)
-
-
 def network_rows(experiment: str, repeats: int, quick: bool, log_dir: str) -> list[Row]:
     warmup, epochs, quick_epochs = EPOCHS[experiment]
     epochs = quick_epochs if quick else epochs
@@ -284,7 +265,7 @@ def flush_denormal_rows(repeats: int, quick: bool, log_dir: str) -> list[Row]:
 
 
 def run(repeats: int, quick: bool) -> list[Row]:
-    with tempfile.TemporaryDirectory(prefix="gradwatch-bench-") as log_dir, _quiet():
+    with tempfile.TemporaryDirectory(prefix="gradwatch-bench-") as log_dir, quiet():
         rows = [
             row
             for experiment in EPOCHS

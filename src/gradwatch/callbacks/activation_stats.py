@@ -8,6 +8,8 @@ import lightning as L
 import torch
 from torch import nn
 
+from gradwatch.callbacks.schedule import check_interval, logs_at
+
 #: Activations whose flat ends kill the gradient: output range (low, high).
 SATURATING: dict[type[nn.Module], tuple[float, float]] = {
     nn.Sigmoid: (0.0, 1.0),
@@ -57,14 +59,7 @@ class ActivationStatsCallback(L.Callback):
     def __init__(
         self, log_every_n_steps: int | None = None, saturation_margin: float = 0.02
     ) -> None:
-        if log_every_n_steps is not None and (
-            isinstance(log_every_n_steps, bool)
-            or not isinstance(log_every_n_steps, int)
-            or log_every_n_steps < 1
-        ):
-            raise ValueError(
-                f"log_every_n_steps must be a positive integer or null, got {log_every_n_steps!r}."
-            )
+        check_interval("log_every_n_steps", log_every_n_steps)
         if not 0 < saturation_margin < 0.5:
             raise ValueError(f"saturation_margin must be in (0, 0.5), got {saturation_margin!r}.")
         self.log_every_n_steps = log_every_n_steps
@@ -84,8 +79,9 @@ class ActivationStatsCallback(L.Callback):
 
     def on_train_batch_start(self, trainer: L.Trainer, *args: Any) -> None:
         step = trainer.global_step
-        every = self.log_every_n_steps or trainer.log_every_n_steps or 1
-        if step % every or step == self._hooked_step or not self._modules:
+        if not logs_at(step, self.log_every_n_steps, trainer):
+            return
+        if step == self._hooked_step or not self._modules:
             return
         self._hooked_step = step
         self._stats = {}

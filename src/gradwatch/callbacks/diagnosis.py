@@ -6,6 +6,10 @@ import math
 import statistics
 from dataclasses import dataclass
 
+#: The healthy band of the first/last gradient-norm ratio: below it vanishing, above it exploding.
+VANISHING_RATIO = 1e-2
+EXPLODING_RATIO = 1e2
+
 ADVICE = {
     "vanishing": (
         "The input-side layers get {ratio:.1e} of the output layer's gradient, so they barely "
@@ -38,8 +42,8 @@ class Diagnosis:
 
 def diagnose(
     ratios: list[float],
-    vanishing_ratio: float = 1e-2,
-    exploding_ratio: float = 1e2,
+    vanishing_ratio: float = VANISHING_RATIO,
+    exploding_ratio: float = EXPLODING_RATIO,
     nonfinite_layer: str | None = None,
     nonfinite_step: int | None = None,
 ) -> Diagnosis:

@@ -8,8 +8,8 @@ from pathlib import Path
 import lightning as L
 from lightning.pytorch.utilities import rank_zero_only
 
-from gradwatch.callbacks.grad_norm import CSV_FILE
 from gradwatch.plots import plot_norms_over_training, read_grad_norms
+from gradwatch.run_files import GRAD_NORMS_FILE
 
 
 class NormsFigureCallback(L.Callback):
@@ -45,7 +45,7 @@ class NormsFigureCallback(L.Callback):
     @rank_zero_only
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         run_dir = Path(self.dirpath or trainer.default_root_dir)
-        csv_path = run_dir / CSV_FILE
+        csv_path = run_dir / GRAD_NORMS_FILE
         if not csv_path.is_file():
             return  # nothing was logged (e.g. no GradientNormCallback)
         self.path = run_dir / self.filename

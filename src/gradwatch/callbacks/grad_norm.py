@@ -14,7 +14,7 @@ import lightning as L
 import torch
 from lightning.pytorch.utilities import rank_zero_warn
 
-from gradwatch.callbacks.diagnosis import Diagnosis, diagnose
+from gradwatch.callbacks.diagnosis import EXPLODING_RATIO, VANISHING_RATIO, Diagnosis, diagnose
 from gradwatch.callbacks.layers import (
     ForwardOrder,
     Layer,
@@ -22,12 +22,12 @@ from gradwatch.callbacks.layers import (
     parameter_layers,
     tensor_norms,
 )
+from gradwatch.callbacks.schedule import check_interval, logs_at
 from gradwatch.callbacks.sinks import log_figure, log_histograms
+from gradwatch.run_files import GRAD_NORMS_FILE, GRADIENT_FLOW_FILE
 from gradwatch.summary import update_summary
 
-CSV_FILE = "grad_norms.csv"
 CSV_COLUMNS = ("step", "layer", "depth", "grad_norm", "weight_norm", "update_ratio")
-FIGURE_FILE = "gradient_flow.png"
 #: grad_norms.csv reaches the disk at least this often (and at the end of fit, or on error).
 CSV_FLUSH_SECONDS = 2.0
 #: The running verdict (and its one-time warning) looks at this many recent logged steps.
@@ -41,13 +41,6 @@ def _combine(layer_norms: list[float], p: float) -> float:
     if p == math.inf:
         return max(layer_norms)
     return math.fsum(v**p for v in layer_norms) ** (1 / p)
-
-
-def _optional_positive_int(name: str, value: Any) -> None:
-    if value is None:
-        return
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{name} must be a positive integer or null, got {value!r}.")
 
 
 class GradientNormCallback(L.Callback):
@@ -99,8 +92,8 @@ class GradientNormCallback(L.Callback):
         self,
         norm_type: float = 2.0,
         log_every_n_steps: int | None = None,
-        vanishing_ratio: float = 1e-2,
-        exploding_ratio: float = 1e2,
+        vanishing_ratio: float = VANISHING_RATIO,
+        exploding_ratio: float = EXPLODING_RATIO,
         dirpath: str | os.PathLike | None = None,
         weight_stats: bool = True,
         stop_on_nonfinite: bool = True,
@@ -111,21 +104,14 @@ class GradientNormCallback(L.Callback):
         norm_type = float(norm_type)
         if not norm_type > 0:
             raise ValueError(f"norm_type must be a positive number or inf, got {norm_type!r}.")
-        if log_every_n_steps is not None and (
-            isinstance(log_every_n_steps, bool)
-            or int(log_every_n_steps) != log_every_n_steps
-            or log_every_n_steps < 1
-        ):
-            raise ValueError(
-                f"log_every_n_steps must be a positive integer, got {log_every_n_steps!r}."
-            )
+        check_interval("log_every_n_steps", log_every_n_steps)
         if not 0 < vanishing_ratio < exploding_ratio:
             raise ValueError(
                 f"need 0 < vanishing_ratio < exploding_ratio, got {vanishing_ratio!r} and "
                 f"{exploding_ratio!r}."
             )
-        _optional_positive_int("histogram_every_n_steps", histogram_every_n_steps)
-        _optional_positive_int("figure_every_n_steps", figure_every_n_steps)
+        check_interval("histogram_every_n_steps", histogram_every_n_steps)
+        check_interval("figure_every_n_steps", figure_every_n_steps)
         self.norm_type = norm_type
         self.log_every_n_steps = log_every_n_steps
         self.vanishing_ratio = vanishing_ratio
@@ -200,8 +186,7 @@ class GradientNormCallback(L.Callback):
         return Path(self.dirpath or trainer.default_root_dir)
 
     def _should_log(self, trainer: L.Trainer, step: int) -> bool:
-        every = self.log_every_n_steps or trainer.log_every_n_steps or 1
-        return step % every == 0
+        return logs_at(step, self.log_every_n_steps, trainer)
 
     # -- per step: gradients before clipping ----------------------------------------------
     @torch.no_grad()
@@ -335,7 +320,7 @@ class GradientNormCallback(L.Callback):
 
     def _append_csv(self, trainer: L.Trainer, step: int, *columns: list) -> None:
         if self._csv is None:
-            path = self._run_dir(trainer) / CSV_FILE
+            path = self._run_dir(trainer) / GRAD_NORMS_FILE
             path.parent.mkdir(parents=True, exist_ok=True)
             new = not path.exists() or path.stat().st_size == 0
             self._csv = path.open("a", newline="")
@@ -362,12 +347,12 @@ class GradientNormCallback(L.Callback):
     def _draw_figure(self, trainer: L.Trainer, step: int) -> None:
         from gradwatch.plots import gradient_flow_figure
 
-        path = self._run_dir(trainer) / CSV_FILE
+        path = self._run_dir(trainer) / GRAD_NORMS_FILE
         if self._csv is not None:
             self._csv.flush()
         if not path.exists():
             return
-        png = self._run_dir(trainer) / FIGURE_FILE
+        png = self._run_dir(trainer) / GRADIENT_FLOW_FILE
         gradient_flow_figure(path, png)
         log_figure(trainer.loggers, "gradient_flow", png, step)
 

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from gradwatch.report.collect import Job
-from gradwatch.report.figures import CHANCE_ACCURACY, by_experiment
+from gradwatch.report.figures import CHANCE_ACCURACY, HEALTHY_BAND, by_experiment
 from gradwatch.report.tables import fmt_acc, fmt_ratio
 from gradwatch.report.theory import (
     SIGMOID_MAX_DERIVATIVE,
@@ -24,7 +24,6 @@ from gradwatch.report.theory import (
 )
 
 # The callback's default verdict band: a first/last ratio inside it is "healthy".
-HEALTHY_BAND = (1e-2, 1e2)
 # A network "trains" when its validation accuracy reaches this (digits: chance is 0.1).
 TRAINED_ACCURACY = 0.9
 # "Untrainable": validation accuracy within this of chance.

@@ -15,9 +15,9 @@ from typing import Any
 
 from omegaconf import OmegaConf
 
+from gradwatch.run_files import GRAD_NORMS_FILE
 from gradwatch.summary import SUMMARY_FILE, read_summary
 
-GRAD_NORMS_FILE = "grad_norms.csv"
 REPORT_DIR = "report"
 
 

@@ -14,6 +14,10 @@ from gradwatch.plots import plot_norms_over_training, plt, read_grad_norms
 from gradwatch.report.collect import Job
 from gradwatch.report.theory import SIGMOID_MAX_DERIVATIVE
 
+#: The callback's default verdict band (gradwatch.callbacks.diagnosis), without importing
+#: the callbacks (and torch) into the report.
+HEALTHY_BAND = (1e-2, 1e2)
+
 # The article's order; other experiments follow alphabetically.
 EXPERIMENT_ORDER = ["sigmoid", "tanh", "relu", "batchnorm", "residual"]
 # Every bundled dataset (digits, MNIST, Fashion-MNIST, CIFAR-10) has ten classes.
@@ -136,7 +140,7 @@ def ratio_vs_depth(jobs: list[Job], path: Path) -> None:
         grid = np.linspace(min(all_depths), max(all_depths), 200)
         bound = SIGMOID_MAX_DERIVATIVE**grid
         ax.plot(grid, bound, ":", color="black", label="0.25^L (sigmoid bound)")
-    ax.axhspan(1e-2, 1e2, color="tab:green", alpha=0.08, label="healthy band")
+    ax.axhspan(*HEALTHY_BAND, color="tab:green", alpha=0.08, label="healthy band")
     ax.set_yscale("log")
     # The bound runs on below the smallest measured ratio: let it leave the axes there
     # rather than flatten against the bottom edge, where the underflow markers sit.
