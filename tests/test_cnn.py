@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from gradwatch.callbacks.layers import parameter_layers
+from gradwatch.callbacks.layers import find_layers
 from gradwatch.nets import CNN, ResidualBlock
 from gradwatch.train import train
 from tests.fake_vision import write_cifar10
@@ -90,7 +90,7 @@ def test_flat_inputs_are_refused_with_a_pointer_to_the_mlp():
 
 
 def test_conv_layers_are_layers_for_the_gradient_callback():
-    names = [layer.name for layer in parameter_layers(CNN((3, 8, 8), 10, depth=2, width=4))]
+    names = [layer.name for layer in find_layers(CNN((3, 8, 8), 10, depth=2, width=4))]
     assert "stem.conv" in names and "stages.0.0.conv1" in names and "stages.1.0.conv" in names
     assert names[-1] == "head"
 

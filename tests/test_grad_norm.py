@@ -93,7 +93,7 @@ def test_logged_norms_equal_an_independent_computation(tmp_path):
     for layer, value in expected.items():
         assert cb.first_norms[layer] == pytest.approx(value, rel=1e-5)
     # Forward order, input side first; BatchNorm layers are layers too.
-    assert [layer.name for layer in cb.layers] == [
+    assert cb.layer_names == [
         "net.network.0",
         "net.network.1",
         "net.network.3",
@@ -103,7 +103,7 @@ def test_logged_norms_equal_an_independent_computation(tmp_path):
         "net.network.9",
     ]
     rows = list(csv.DictReader((tmp_path / "grad_norms.csv").open()))
-    assert [r["layer"] for r in rows] == [layer.name for layer in cb.layers]
+    assert [r["layer"] for r in rows] == cb.layer_names
     assert [int(r["depth"]) for r in rows] == list(range(1, 8))
     assert float(rows[0]["grad_norm"]) == pytest.approx(expected["net.network.0"], rel=1e-5)
     total = math.sqrt(sum(v * v for v in expected.values()))
@@ -123,7 +123,7 @@ def test_forward_order_is_not_registration_order(tmp_path):
             return self.late(torch.relu(self.early(x.flatten(1))))
 
     cb = fit_one_step(Reversed(), tmp_path)
-    assert [layer.name for layer in cb.layers] == ["net.early", "net.late"]
+    assert cb.layer_names == ["net.early", "net.late"]
 
 
 def test_layer_without_gradient_is_absent_not_zero(tmp_path):

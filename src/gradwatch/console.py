@@ -40,12 +40,12 @@ def print_report(
         table.add_column("layer")
         table.add_column(f"step {grad_cb.first_step}", justify="right")
         table.add_column(f"step {grad_cb.last_step}", justify="right")
-        for depth, layer in enumerate(grad_cb.layers, 1):
+        for depth, name in enumerate(grad_cb.layer_names, 1):
             table.add_row(
                 str(depth),
-                layer.name,
-                _fmt(grad_cb.first_norms.get(layer.name)),
-                _fmt(grad_cb.last_norms.get(layer.name)),
+                name,
+                _fmt(grad_cb.first_norms.get(name)),
+                _fmt(grad_cb.last_norms.get(name)),
             )
         console.print(table)
     verdict = summary.get("diagnosis", "?")

@@ -36,7 +36,8 @@ def read_grad_norms(path: str | os.PathLike, column: str = "grad_norm") -> list[
         for row in csv.DictReader(f):
             if not row.get(column):
                 continue
-            layer = series.setdefault(row["layer"], LayerSeries(row["layer"], int(row["depth"])))
+            layer = series.setdefault(row["layer"], LayerSeries(row["layer"], 0))
+            layer.depth = int(row["depth"])  # the latest place: a layer can join later
             layer.steps.append(int(row["step"]))
             layer.norms.append(float(row[column]))
     return sorted(series.values(), key=lambda s: s.depth)

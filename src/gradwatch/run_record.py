@@ -84,9 +84,9 @@ class RunRecord:
         self._running(**fields)
         write_provenance(self.run_dir, self.cfg, launch_record(self.cfg, ckpt_path, ckpt_step))
 
-    def failed(self, err: BaseException) -> None:
+    def failed(self, err: BaseException, extra: dict | None = None) -> None:
         if self.open:  # a resume that failed its checks leaves the earlier record as it was
-            self._update(status="failed", error=f"{type(err).__name__}: {err}")
+            self._update(status="failed", error=f"{type(err).__name__}: {err}", **(extra or {}))
 
     def interrupted(
         self, signal: str, step: int | None, checkpoint: Path | None, extra: dict

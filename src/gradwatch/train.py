@@ -85,7 +85,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     except BaseException as err:
         signal = interrupted_by(err, trainer, stopper)
         if not signal:
-            record.failed(err)
+            record.failed(err, grad_cb.summary() if grad_cb is not None else {})
             raise
         step = trainer.global_step if trainer is not None else None
         extra = grad_cb.summary() if grad_cb is not None else {}
@@ -95,6 +95,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         stopper.release_sigterm()
         finish_wandb()  # so multirun jobs never share a W&B run
     summary = record.completed(
+        **(grad_cb.summary() if grad_cb is not None else {}),
         val_acc=_metric(metrics, "val/acc"),
         test_acc=_metric(metrics, "test/acc"),
         steps=trainer.global_step,

@@ -8,6 +8,7 @@ import lightning as L
 import torch
 from torch import nn
 
+from gradwatch.callbacks.layers import stable_name
 from gradwatch.callbacks.schedule import check_interval, logs_at
 
 #: Activations whose flat ends kill the gradient: output range (low, high).
@@ -37,7 +38,9 @@ class ActivationStatsCallback(L.Callback):
     """Per activation module: mean, std, saturation (sigmoid/tanh) and dead fraction (ReLU).
 
     Forward hooks are attached only for the first micro-batch of a logging step and removed
-    right after it, so other steps run untouched; they are all gone at the end of fit.
+    right after it, so other steps run untouched; they are all gone at the end of fit. That
+    micro-batch runs with ``torch.compile`` disabled (compiled code ignores hooks added after
+    it was compiled); names drop the ``_orig_mod.`` of compiled modules.
     Statistics are reduced on the device and cross to the host in one transfer per logging
     step. Keys: ``activation/<module path>/mean|std`` for every activation,
     ``.../saturation`` (share of outputs within ``saturation_margin`` of either end of the
@@ -68,11 +71,12 @@ class ActivationStatsCallback(L.Callback):
         self._handles: list[Any] = []
         self._stats: dict[str, list[torch.Tensor]] = {}
         self._hooked_step: int | None = None
+        self._stance: Any = None
         self.last_metrics: dict[str, float] = {}
 
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._modules = [
-            (name, module)
+            (stable_name(name), module)
             for name, module in pl_module.named_modules()
             if isinstance(module, ACTIVATIONS)
         ]
@@ -88,6 +92,7 @@ class ActivationStatsCallback(L.Callback):
         self._handles = [
             module.register_forward_hook(self._hook(name)) for name, module in self._modules
         ]
+        self._stance = torch.compiler.set_stance("force_eager")
 
     def _hook(self, name: str):
         @torch.no_grad()
@@ -117,6 +122,9 @@ class ActivationStatsCallback(L.Callback):
         for handle in self._handles:
             handle.remove()
         self._handles = []
+        if self._stance is not None:
+            self._stance.__exit__(None, None, None)
+            self._stance = None
 
     def on_train_batch_end(self, trainer: L.Trainer, *args: Any) -> None:
         if not self._handles:
