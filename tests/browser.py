@@ -26,6 +26,8 @@ from urllib.parse import urlparse
 
 import pytest
 
+from tests.processes import stop
+
 FLAGS = (
     "--headless",
     "--no-sandbox",
@@ -228,10 +230,5 @@ def browser(width: int = 1400, height: int = 1800) -> Iterator[Page]:
     finally:
         if ws is not None:
             ws.close()
-        proc.terminate()
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop(proc)
         shutil.rmtree(profile, ignore_errors=True)

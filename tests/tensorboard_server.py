@@ -14,6 +14,8 @@ import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
+from tests.processes import stop
+
 
 def free_port() -> int:
     with socket.socket() as s:
@@ -71,9 +73,4 @@ def tensorboard(logdir: Path, ready_runs: int = 1, timeout: float = 120) -> Iter
             time.sleep(0.5)
         yield base
     finally:
-        server.terminate()
-        try:
-            server.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            server.kill()
-            server.wait()
+        stop(server)

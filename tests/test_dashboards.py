@@ -9,14 +9,13 @@ import re
 from pathlib import Path
 
 import pytest
-from hydra import compose, initialize_config_dir
-from omegaconf import open_dict
 
 from gradwatch.loggers.hparams import HPARAMS_METRICS, VERDICT_CODE
 from gradwatch.loggers.wandb_run import WANDB_ID_FILE
 from gradwatch.train import train
 from tests.browser import browser
-from tests.conftest import CONFIG_DIR, run_cli
+from tests.conftest import run_cli
+from tests.runs import compose_run
 from tests.tensorboard_server import get_json, post_json, quote, tensorboard
 from tests.wandb_records import history, records
 
@@ -194,22 +193,8 @@ def test_wandb_run_has_the_config_the_verdict_and_one_chart_of_every_layer(sweep
 
 def test_a_resumed_run_continues_the_same_wandb_run_and_tensorboard_run(tmp_path):
     def launch(*overrides: str) -> None:
-        with initialize_config_dir(str(CONFIG_DIR), version_base="1.3"):
-            cfg = compose(
-                "train",
-                overrides=[
-                    f"paths.log_dir={tmp_path}",
-                    "experiment=relu",
-                    "debug=fast",
-                    "logger=many",
-                    "test=false",
-                    DASHBOARD,
-                    *overrides,
-                ],
-            )
-        with open_dict(cfg):
-            cfg.paths.output_dir = str(tmp_path / "run")
-        train(cfg)
+        common = ("experiment=relu", "debug=fast", "logger=many", "test=false", DASHBOARD)
+        train(compose_run(tmp_path / "run", tmp_path, *common, *overrides))
 
     launch()
     run_dir = tmp_path / "run"

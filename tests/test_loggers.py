@@ -11,11 +11,9 @@ import sys
 from pathlib import Path
 
 import pytest
-from hydra import compose, initialize_config_dir
-from omegaconf import open_dict
 
 from gradwatch.train import train
-from tests.conftest import CONFIG_DIR
+from tests.runs import compose_run
 from tests.tensorboard_server import get_json, quote, tensorboard
 from tests.wandb_records import history, run_name
 
@@ -29,19 +27,10 @@ def many_run(tmp_path_factory) -> Path:
     with pytest.MonkeyPatch.context() as env:
         env.setenv("WANDB_MODE", "offline")
         env.setenv("WANDB_SILENT", "true")
-        with initialize_config_dir(str(CONFIG_DIR), version_base="1.3"):
-            cfg = compose(
-                "train",
-                overrides=[
-                    f"paths.log_dir={tmp}",
-                    "experiment=relu",
-                    "debug=fast",
-                    "logger=many",
-                    "callbacks.grad_norm.histogram_every_n_steps=2",
-                ],
-            )
-        with open_dict(cfg):
-            cfg.paths.output_dir = str(tmp / "run")
+        overrides = ("experiment=relu", "debug=fast", "logger=many")
+        cfg = compose_run(
+            tmp / "run", tmp, *overrides, "callbacks.grad_norm.histogram_every_n_steps=2"
+        )
         train(cfg)
     return tmp / "run"
 
