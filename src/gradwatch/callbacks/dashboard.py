@@ -99,7 +99,8 @@ class DashboardCallback(L.Callback):
             if isinstance(logger, TensorBoardLogger):
                 logger.experiment.add_text("verdict", verdict_markdown(diagnosis, step), step)
             elif isinstance(logger, WandbLogger):
-                logger.experiment.summary.update(_finite(self._grad.summary()))
+                summary = {**self._grad.summary(), "median_first_last_ratio": diagnosis.ratio}
+                logger.experiment.summary.update(_finite(summary))
 
     def _final(self, trainer: L.Trainer) -> None:
         grad = self._grad
@@ -112,10 +113,11 @@ class DashboardCallback(L.Callback):
         metrics = {
             INITIAL_RATIO: summary["initial_first_last_ratio"],
             FINAL_RATIO: summary["final_first_last_ratio"],
-            JUDGED_RATIO: summary["median_first_last_ratio"],
-            VERDICT_CODE: VERDICT_CODES.get(diagnosis.verdict, math.nan),
+            JUDGED_RATIO: diagnosis.ratio,
+            VERDICT_CODE: VERDICT_CODES.get(diagnosis.verdict),
         }
-        metrics = {k: float(v) for k, v in metrics.items() if v is not None}
+        # A non-finite ratio has no point on a chart; verdict/code says non-finite.
+        metrics = {k: float(v) for k, v in metrics.items() if v is not None and math.isfinite(v)}
         for logger in trainer.loggers:
             logger.log_metrics(metrics, step=trainer.global_step)
 

@@ -75,7 +75,10 @@ def run_config(cfg: Any) -> dict[str, Any]:
     """The resolved config, flattened, with ``experiment``, ``dataset`` and ``optimizer``."""
     from omegaconf import OmegaConf
 
-    tree = OmegaConf.to_container(cfg, resolve=True, throw_on_missing=False)
+    try:
+        tree = OmegaConf.to_container(cfg, resolve=True, throw_on_missing=False)
+    except Exception:  # an interpolation that cannot resolve here: its text, never a failed run
+        tree = OmegaConf.to_container(cfg, resolve=False)
     flat = flatten(tree)
     choices = _choices()
     data_target = str(flat.get("data._target_", "")).rsplit(".", 1)[-1]
