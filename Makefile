@@ -63,7 +63,16 @@ train-exploding: $(STAMP) ## a badly initialized 20-layer ReLU net + SGD: gradie
 train-clipped: $(STAMP) ## the same net with norm clipping (trainer.gradient_clip_val=1.0): it trains
 	$(BIN)/python -m gradwatch.train experiment=exploding trainer.gradient_clip_val=1.0 $(ARGS)
 
-test: $(STAMP) ## run the test suite (offline, CPU)
+# The browser tests (tests/browser.py) need Debian's chromium: installed here when missing and
+# apt-get is usable (as root, or through passwordless sudo); otherwise those tests skip, saying why.
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo -n)
+APT  := $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get -qq -o Dpkg::Use-Pty=0
+test: $(STAMP) ## run the test suite (offline, CPU); installs chromium for the browser tests when missing
+	@command -v chromium >/dev/null 2>&1 || ! command -v apt-get >/dev/null 2>&1 || { \
+		echo "installing chromium for the browser tests (apt-get install chromium)"; \
+		$(APT) install -y chromium >/dev/null 2>&1 || \
+		{ $(APT) update >/dev/null 2>&1 && $(APT) install -y chromium >/dev/null 2>&1; } || \
+		echo "could not install chromium: the browser tests will skip"; }
 	$(BIN)/python -m pytest
 
 lint: $(STAMP) ## ruff check

@@ -3,23 +3,18 @@ server (over HTTP), Lightning's CSV; W&B never prompts for a login and never lea
 
 from __future__ import annotations
 
-import contextlib
 import csv
-import json
+import math
 import os
-import socket
 import subprocess
 import sys
-import time
-import urllib.request
 from pathlib import Path
 
 import pytest
-from hydra import compose, initialize_config_dir
-from omegaconf import open_dict
 
 from gradwatch.train import train
-from tests.conftest import CONFIG_DIR
+from tests.runs import compose_run
+from tests.tensorboard_server import get_json, quote, tensorboard
 from tests.wandb_records import history, run_name
 
 LAYER_KEYS = ["grad_norm/net.network.0", "weight_norm/net.network.0", "update_ratio/net.network.0"]
@@ -32,19 +27,10 @@ def many_run(tmp_path_factory) -> Path:
     with pytest.MonkeyPatch.context() as env:
         env.setenv("WANDB_MODE", "offline")
         env.setenv("WANDB_SILENT", "true")
-        with initialize_config_dir(str(CONFIG_DIR), version_base="1.3"):
-            cfg = compose(
-                "train",
-                overrides=[
-                    f"paths.log_dir={tmp}",
-                    "experiment=relu",
-                    "debug=fast",
-                    "logger=many",
-                    "callbacks.grad_norm.histogram_every_n_steps=2",
-                ],
-            )
-        with open_dict(cfg):
-            cfg.paths.output_dir = str(tmp / "run")
+        overrides = ("experiment=relu", "debug=fast", "logger=many")
+        cfg = compose_run(
+            tmp / "run", tmp, *overrides, "callbacks.grad_norm.histogram_every_n_steps=2"
+        )
         train(cfg)
     return tmp / "run"
 
@@ -75,52 +61,26 @@ def test_csv_logger_gets_the_per_layer_keys(many_run):
     assert {*LAYER_KEYS, "grad_norm/total", "activation/net.network.1/mean"} <= set(columns)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _get(url: str):
-    with urllib.request.urlopen(url, timeout=5) as response:
-        return json.loads(response.read())
-
-
 def test_tensorboard_server_shows_the_per_layer_tags(many_run):
-    port = _free_port()
-    server = subprocess.Popen(
-        [
-            str(Path(sys.executable).parent / "tensorboard"),
-            "--logdir",
-            str(many_run / "tensorboard"),
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    base = f"http://127.0.0.1:{port}/data/plugin"
-    try:
-        deadline, tags = time.monotonic() + 90, {}
-        while time.monotonic() < deadline and not any(tags.values()):
-            assert server.poll() is None, "tensorboard exited"
-            with contextlib.suppress(OSError):
-                tags = _get(f"{base}/scalars/tags")
-            time.sleep(0.5)
+    with tensorboard(many_run / "tensorboard") as base:
+        base = f"{base}/data/plugin"
+        tags = get_json(f"{base}/scalars/tags")
         ((run, scalars),) = tags.items()
         assert {*LAYER_KEYS, "grad_norm/total", "grad_norm/first_last_ratio"} <= set(scalars)
         assert "activation/net.network.1/dead" in scalars
-        points = _get(f"{base}/scalars/scalars?run={run}&tag=grad_norm/net.network.0")
+        # log10 companions of the gradient norms and update ratios, for charts over decades
+        assert {"log10_grad_norm/net.network.0", "log10_update_ratio/net.network.0"} <= set(scalars)
+        assert "log10_weight_norm/net.network.0" not in scalars
+        points = get_json(f"{base}/scalars/scalars?run={quote(run)}&tag=grad_norm/net.network.0")
         assert [step for _, step, _ in points] == [0, 1, 2]
-        images = _get(f"{base}/images/tags")
+        logs = get_json(
+            f"{base}/scalars/scalars?run={quote(run)}&tag=log10_grad_norm/net.network.0"
+        )
+        assert [v for _, _, v in logs] == pytest.approx([math.log10(v) for _, _, v in points])
+        images = get_json(f"{base}/images/tags")
         assert "gradient_flow" in images[run]
-        histograms = _get(f"{base}/histograms/tags")
+        histograms = get_json(f"{base}/histograms/tags")
         assert "grad_hist/net.network.0" in histograms[run]
-    finally:
-        server.terminate()
-        server.wait(timeout=30)
 
 
 def test_wandb_without_a_key_runs_offline_without_prompting_and_finishes_each_job(tmp_path):

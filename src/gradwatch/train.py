@@ -20,7 +20,7 @@ from omegaconf import DictConfig, OmegaConf
 from gradwatch.callbacks import GradientNormCallback
 from gradwatch.console import print_report
 from gradwatch.interrupt import EXIT_CODES, InterruptCheckpoint, interrupted_by
-from gradwatch.loggers import finish_wandb
+from gradwatch.loggers import finish_wandb, log_run_config
 from gradwatch.resume import checked_resume_step, continue_csv_logger, resolve_ckpt_path
 from gradwatch.run_record import RunRecord
 from gradwatch.sweep import multirun_job
@@ -76,6 +76,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         callbacks = [*_instantiate_group(cfg.get("callbacks")), stopper]
         grad_cb = next((c for c in callbacks if isinstance(c, GradientNormCallback)), None)
         loggers = _loggers(cfg, record.log_from(step))
+        log_run_config(loggers, cfg)  # dashboards: the resolved config as hyperparameters
         trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
         trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=False)
         metrics = dict(trainer.callback_metrics)

@@ -3,15 +3,19 @@
 from __future__ import annotations
 
 import os
+import secrets
+import string
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 from lightning.pytorch.loggers import WandbLogger
-from lightning.pytorch.utilities import rank_zero_warn
+from lightning.pytorch.utilities import rank_zero_only, rank_zero_warn
 
-#: Overrides left out of a run's name: the experiment (already its first word) and those that
-#: say where a run goes or how it logs, not what it is.
-_NOT_IN_NAME = ("experiment=", "paths.", "logger", "hydra.", "trainer.enable_progress_bar")
+from gradwatch.loggers.naming import run_name
+
+#: The W&B run id of a run directory: a resume of the run continues the same W&B run.
+WANDB_ID_FILE = "wandb_id"
 
 
 def wandb_mode(offline: bool) -> str:
@@ -37,16 +41,18 @@ def wandb_mode(offline: bool) -> str:
     return "offline"
 
 
-def run_name(name: str | None) -> str | None:
-    """``name`` followed by the command-line overrides that define the run, when under Hydra."""
-    try:
-        from hydra.core.hydra_config import HydraConfig
-
-        overrides = HydraConfig.get().overrides.task
-    except (ImportError, ValueError):  # not launched by Hydra
-        return name
-    kept = [o for o in overrides if not o.lstrip("+~").startswith(_NOT_IN_NAME)]
-    return " ".join([name or "run", *kept]) if kept else name
+def run_id(save_dir: str | os.PathLike) -> tuple[str, bool]:
+    """``(id, continued)``: the W&B run id kept in ``<save_dir>/wandb_id``, or a new one
+    (written there by rank zero). A resume runs in the same run directory, so it finds the id
+    of the run it continues."""
+    path = Path(save_dir, WANDB_ID_FILE)
+    if path.is_file() and (kept := path.read_text().strip()):
+        return kept, True
+    alphabet = string.ascii_lowercase + string.digits  # W&B's own id alphabet
+    new = "".join(secrets.choice(alphabet) for _ in range(8))
+    if rank_zero_only.rank == 0:
+        path.write_text(new + "\n")
+    return new, False
 
 
 def wandb_logger(
@@ -56,14 +62,19 @@ def wandb_logger(
     tags: Sequence[str] = (),
     save_dir: str = ".",
     offline: bool = False,
+    job_type: str | None = None,
     **kwargs,
 ) -> WandbLogger:
     """Lightning's WandbLogger, offline when asked or when there is no API key.
 
-    The run is named after the experiment and its overrides (``sigmoid model.net.depth=20``).
-    Any other keyword goes to ``wandb.init`` (``entity``, ``notes``, ...).
+    The run is named after the experiment and its overrides (``sigmoid model.net.depth=20``);
+    ``job_type`` (the experiment, in ``configs/logger/wandb.yaml``) lets a workspace group a
+    sweep's runs by network. The run's id is kept in ``<save_dir>/wandb_id``: a resumed run
+    (``ckpt_path=...``) continues the same W&B run. Any other keyword goes to ``wandb.init``
+    (``entity``, ``notes``, ...).
     """
     os.makedirs(save_dir, exist_ok=True)
+    kept_id, _ = run_id(save_dir)  # Lightning passes resume="allow": the same id continues
     return WandbLogger(
         project=project,
         name=run_name(name),
@@ -72,6 +83,8 @@ def wandb_logger(
         save_dir=save_dir,
         mode=wandb_mode(offline),
         log_model=False,
+        id=kwargs.pop("id", kept_id),
+        job_type=job_type,
         **kwargs,
     )
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shlex
 from html import escape
 from pathlib import Path
 
@@ -23,7 +24,16 @@ th { background: #f3f3f3; }
 .pass { background: #e3f6e3; } .fail { background: #fbe3e3; } .not-measured { color: #777; }
 .failed td { background: #fff4e0; }
 figure { margin: 1.5em 0; } img { max-width: 100%; border: 1px solid #eee; }
+pre { background: #f6f6f6; padding: 0.6em; overflow-x: auto; }
 """
+#: ``make tensorboard``'s port; the page's links to TensorBoard's tabs assume it.
+TENSORBOARD_PORT = 6006
+TENSORBOARD_TABS = {
+    "custom_scalars": "CUSTOM SCALARS: every layer's gradient norm in one chart, per job",
+    "hparams": "HPARAMS: the jobs side by side, config and final metrics (table, parallel "
+    "coordinates)",
+    "text": "TEXT: each job's verdict and advice",
+}
 
 
 def _table(headers: list[str], rows: list[list[str]], row_classes: list[str] | None = None) -> str:
@@ -62,6 +72,26 @@ def _figure(name: str, caption: str) -> str:
     )
 
 
+def _tensorboard(jobs: list[Job], sweep_dir: Path) -> list[str]:
+    """How to open the sweep in TensorBoard, when its jobs wrote TensorBoard logs."""
+    if not any((job.path / "tensorboard").is_dir() for job in jobs):
+        return []
+    logdir = shlex.quote(str(sweep_dir.resolve()))
+    base = f"http://127.0.0.1:{TENSORBOARD_PORT}/"
+    links = "".join(
+        f'<li><a href="{base}#{tab}">{escape(text)}</a></li>'
+        for tab, text in TENSORBOARD_TABS.items()
+    )
+    return [
+        "<h2>TensorBoard</h2>",
+        "<p>Serve this sweep's logs (every job, named by its overrides), then open the tabs:</p>",
+        f"<pre>make tensorboard LOG_DIR={escape(logdir)}\n"
+        f"# or: tensorboard --logdir {escape(logdir)} --host 127.0.0.1 "
+        f"--port {TENSORBOARD_PORT}</pre>",
+        f"<ul>{links}</ul>",
+    ]
+
+
 def write_html(
     jobs: list[Job], claims: list[Claim], figures: list[str], out_dir: Path, title: str
 ) -> Path:
@@ -83,6 +113,7 @@ def write_html(
     if theory:
         parts.append("<h2>Theory (the article's numpy demos, corrected)</h2>")
         parts += [_figure(name, THEORY_FIGURES[name]) for name in theory]
+    parts += _tensorboard(jobs, out_dir.parent)
     parts += [f"<h2>Jobs ({len(jobs)}, {len(failed)} not completed)</h2>", _jobs_table(jobs)]
     if failed:
         parts.append("<h3>Jobs that did not complete</h3><ul>")
