@@ -37,4 +37,4 @@ def test_ddp_logs_the_single_process_norms_from_rank_zero_only(tmp_path):
                 column,
                 got,
             )
-    assert len(list((ddp / "tensorboard").glob("events.out.tfevents.*"))) == 1
+    assert len(list((ddp / "tensorboard").glob("*/events.out.tfevents.*"))) == 1
