@@ -37,7 +37,9 @@ def reference(run_dir: Path) -> dict[tuple[int, str], tuple[float, float, float]
             grad = math.sqrt(sum(float(p.grad.double().pow(2).sum()) for p in params))
             weight = math.sqrt(sum(float(b.double().pow(2).sum()) for b in before[i]))
             change = math.sqrt(
-                sum(float((b - p.detach()).double().pow(2).sum()) for b, p in zip(before[i], params))
+                sum(
+                    float((b - p.detach()).double().pow(2).sum()) for b, p in zip(before[i], params)
+                )
             )
             out[(step, f"net.{i}")] = (grad, weight, change / weight)
     return out

@@ -187,9 +187,10 @@ class GAN(L.LightningModule):
         opt_g.step()
         opt_g.zero_grad()
         # Discriminator step (the generator's gradients are now zero, not None).
-        d_loss = F.softplus(-self.discriminator(real)).mean() + F.softplus(
-            self.discriminator(fake.detach())
-        ).mean()
+        d_loss = (
+            F.softplus(-self.discriminator(real)).mean()
+            + F.softplus(self.discriminator(fake.detach())).mean()
+        )
         opt_d.zero_grad()
         self.manual_backward(d_loss)
         opt_d.step()
@@ -503,9 +504,9 @@ def test_a_layer_named_like_an_aggregate_does_not_overwrite_it(tmp_path):
             return self.total(torch.tanh(self.inp(x)))
 
     probe, log = GradProbe(), MemoryLogger()
-    trainer(tmp_path, [probe, GradientNormCallback(log_every_n_steps=1)], max_steps=1, logger=log).fit(
-        Named(), loader()
-    )
+    trainer(
+        tmp_path, [probe, GradientNormCallback(log_every_n_steps=1)], max_steps=1, logger=log
+    ).fit(Named(), loader())
     _, _, grads = probe.grads[0]
     assert log.values("grad_norm/total")[0] == pytest.approx(norm(grads.values()))
     assert log.values("grad_norm/total[layer]")[0] == pytest.approx(layer_norm(grads, "total"))
@@ -535,11 +536,7 @@ def test_a_520_layer_model_logs_the_capped_layers_and_writes_every_layer(tmp_pat
     model = Classifier(net)
     model.forward = lambda x: net(x[:, :4])
     trainer(tmp_path, [probe, cb], max_steps=1, logger=log).fit(model, loader())
-    logged = sorted(
-        int(k.split(".")[-1])
-        for k in log.rows[0][1]
-        if k.startswith("grad_norm/net.")
-    )
+    logged = sorted(int(k.split(".")[-1]) for k in log.rows[0][1] if k.startswith("grad_norm/net."))
     assert logged == [0, 104, 208, 311, 415, 519]  # first, last, evenly spaced by depth
     csv_rows = rows(tmp_path)
     assert len(csv_rows) == 520 and [int(r["depth"]) for r in csv_rows] == list(range(1, 521))

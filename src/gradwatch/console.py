@@ -26,12 +26,28 @@ def _fmt(value: float | None) -> str:
     return f"{value:.2e}"
 
 
+def print_job_line(
+    summary: dict[str, Any], overrides: list[str], run_dir: Path, console: Console | None = None
+) -> None:
+    """One line per multirun job, so that a sweep's jobs can share a terminal."""
+    acc = summary.get("val_acc")
+    acc = f"val_acc={acc:.3f}" if isinstance(acc, float) else "val_acc=-"
+    verdict = summary.get("diagnosis", "?")
+    (console or Console()).print(
+        f"{summary.get('experiment', '')} {' '.join(overrides)}: "
+        f"[{VERDICT_STYLE.get(verdict, 'bold')}]{verdict}[/] "
+        f"ratio={_fmt(summary.get('initial_first_last_ratio'))} {acc} -> {run_dir}",
+        soft_wrap=True,
+    )
+
+
 def print_report(
     summary: dict[str, Any],
     grad_cb: GradientNormCallback | None,
     run_dir: Path,
     console: Console | None = None,
 ) -> None:
+    """The full end-of-run report of a single run: per-layer table, verdict, advice, files."""
     console = console or Console()
     console.rule(f"[bold]gradwatch: {summary.get('experiment', '')}")
     if grad_cb is not None and grad_cb.first_norms:

@@ -57,14 +57,19 @@ def single_job_argv(argv: list[str], job_overrides: list[str]) -> list[str]:
     return [argv[0], *_config_flags(argv[1:]), *job_overrides, "hydra.mode=RUN"]
 
 
-def sweep_group(job_dir: str | os.PathLike) -> str:
-    """The W&B group of a job in ``<log_dir>/<name>/multiruns/<timestamp>/<job>``."""
+def sweep_group(job_dir: str | os.PathLike, log_dir: str | os.PathLike | None = None) -> str:
+    """The W&B group of a job in ``<log_dir>/<name>/multiruns/<timestamp>/<job>``, or
+    ``multirun_<timestamp>`` for a plain multirun's ``<log_dir>/multiruns/<timestamp>/<job>``."""
     sweep_dir = Path(job_dir).resolve().parent
-    return f"{sweep_dir.parent.parent.name}_{sweep_dir.name}"
+    parent = sweep_dir.parent.parent
+    plain = log_dir is not None and parent == Path(log_dir).resolve()
+    return f"{'multirun' if plain else parent.name}_{sweep_dir.name}"
 
 
 @contextmanager
-def multirun_job(entry_module: str = "gradwatch.train") -> Iterator[None]:
+def multirun_job(
+    log_dir: str | os.PathLike | None = None, entry_module: str = "gradwatch.train"
+) -> Iterator[None]:
     """In a multirun job: set the W&B group, point Lightning's DDP children at this job.
 
     A no-op outside a multirun. ``entry_module`` is what the DDP children run when this
@@ -77,7 +82,7 @@ def multirun_job(entry_module: str = "gradwatch.train") -> Iterator[None]:
     main = sys.modules["__main__"]
     saved_argv, saved_spec = sys.argv[:], getattr(main, "__spec__", None)
     saved_env = {key: os.environ.get(key) for key in (*DDP_ENV_KEYS, WANDB_GROUP_ENV)}
-    os.environ.setdefault(WANDB_GROUP_ENV, sweep_group(hydra_cfg.runtime.output_dir))
+    os.environ.setdefault(WANDB_GROUP_ENV, sweep_group(hydra_cfg.runtime.output_dir, log_dir))
     sys.argv = single_job_argv(sys.argv, list(hydra_cfg.overrides.task))
     if saved_spec is not None and saved_spec.name != entry_module:
         main.__spec__ = importlib.util.find_spec(entry_module)

@@ -12,13 +12,15 @@ from typing import Any
 import hydra
 import lightning as L
 import torch
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from hydra.utils import instantiate
 from lightning.pytorch.loggers import CSVLogger
 from lightning.pytorch.utilities.rank_zero import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
 from gradwatch.callbacks import GradientNormCallback
-from gradwatch.console import print_report
+from gradwatch.console import print_job_line, print_report
 from gradwatch.interrupt import EXIT_CODES, InterruptCheckpoint, interrupted_by
 from gradwatch.loggers import finish_wandb, log_run_config
 from gradwatch.resume import checked_resume_step, continue_csv_logger, resolve_ckpt_path
@@ -101,7 +103,13 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         test_acc=_metric(metrics, "test/acc"),
         steps=trainer.global_step,
     )
-    if trainer.is_global_zero:
+    if (
+        trainer.is_global_zero
+        and HydraConfig.initialized()
+        and HydraConfig.get().mode == RunMode.MULTIRUN
+    ):
+        print_job_line(summary, list(HydraConfig.get().overrides.task), record.run_dir)
+    elif trainer.is_global_zero:
         print_report(summary, grad_cb, record.run_dir)
     summary["metrics"] = {k: float(v) for k, v in metrics.items()}
     return summary
@@ -109,7 +117,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
 
 @hydra.main(version_base="1.3", config_path="../../configs", config_name="train.yaml")
 def main(cfg: DictConfig) -> float | None:
-    with multirun_job():
+    with multirun_job(cfg.paths.log_dir):
         summary = train(cfg)
     # The metric a sweeper (Optuna) optimizes.
     return summary["metrics"].get(cfg.get("optimized_metric", "val/acc"))

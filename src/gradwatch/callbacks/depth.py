@@ -127,10 +127,7 @@ class DepthOrder:
         self.key.update(self._graph)
         # Layers that ran but that the graph does not reach go right after the last layer
         # before them that it does reach (all of them in forward order when it reaches none).
-        if self._graph:
-            previous = max(self._graph.values()) + 1
-        else:
-            previous = len(self._forward) + 1
+        previous = (max(self._graph.values()) if self._graph else len(self._forward)) + 1
         after = 0
         for layer in dict.fromkeys(self._forward):
             if layer in self._graph:

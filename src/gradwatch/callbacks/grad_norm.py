@@ -39,6 +39,16 @@ def _combine(values: list[float], p: float) -> float:
     return top * math.fsum((v / top) ** p for v in values) ** (1 / p)  # no overflow
 
 
+def _common_prefix(names: list[str]) -> str:
+    """The module path all ``names`` start with (``generator`` for generator.0, generator.2)."""
+    prefix = []
+    for parts in zip(*(name.split(".") for name in names)):
+        if len(set(parts)) > 1:
+            break
+        prefix.append(parts[0])
+    return ".".join(prefix)
+
+
 def _ratio(first: float, last: float) -> float:
     return first / last if last else (math.nan if first == 0 else math.inf)
 
@@ -96,18 +106,19 @@ class GradientNormCallback(L.Callback):
     nothing and never synchronize. Norms are accumulated in float32 (bf16/fp16 parameters
     included) and combined per layer in float64.
 
-    ===========================================  =====================================================
-    key                                          value
-    ===========================================  =====================================================
-    ``grad_norm/<layer>``                        norm of the layer's gradient (before clipping)
-    ``weight_norm/<layer>``                      norm of its weights before the step
-    ``update_ratio/<layer>``                     norm of the step's weight change / weight norm
-    ``grad_norm/total``                          norm of all gradients of the optimizer (each parameter once)
-    ``grad_norm/first_last_ratio``               first layer's norm / last layer's: below 1 the input side gets less
-    ``grad_norm/clipped_total``                  the total after clipping (``trainer.gradient_clip_val`` set)
-    ``grad_norm/amp_skipped``                    steps the AMP gradient scaler skipped so far (fp16 only)
-    ``grad_norm/amp_scale``                      the gradient scaler's scale (fp16 only)
-    ===========================================  =====================================================
+    ==============================  ====================================================
+    key                             value
+    ==============================  ====================================================
+    ``grad_norm/<layer>``           norm of the layer's gradient (before clipping)
+    ``weight_norm/<layer>``         norm of its weights before the step
+    ``update_ratio/<layer>``        norm of the step's weight change / weight norm
+    ``grad_norm/total``             norm of all gradients (each parameter once)
+    ``grad_norm/first_last_ratio``  first layer's norm / last layer's (below 1: the
+                                    input side gets less signal)
+    ``grad_norm/clipped_total``     the total after clipping (``gradient_clip_val`` set)
+    ``grad_norm/amp_skipped``       steps the AMP gradient scaler skipped (fp16 only)
+    ``grad_norm/amp_scale``         the gradient scaler's scale (fp16 only)
+    ==============================  ====================================================
 
     With several optimizers (a GAN, manual optimization) each one's step counts its own
     logging interval, its layers are numbered among themselves, and the aggregate keys end
@@ -304,8 +315,7 @@ class GradientNormCallback(L.Callback):
             if len(trainer.optimizers) < 2:
                 opt.name = None
                 continue
-            names = [self.layers[self._layer_of_param[i]].name for i in opt.params]
-            prefix = ".".join(os.path.commonprefix([n.split(".") for n in names]))
+            prefix = _common_prefix([self.layers[self._layer_of_param[i]].name for i in opt.params])
             taken = {o.name for o in self._opts.values() if o is not opt}
             if prefix and prefix not in taken and prefix not in AGGREGATES:
                 opt.name = prefix
@@ -526,9 +536,7 @@ class GradientNormCallback(L.Callback):
         metrics = {keys["grad_norm"][k]: grads[k] for k in opt.logged if has_grad[k]}
         if weights:
             metrics.update((keys["weight_norm"][k], weights[k]) for k in opt.logged)
-            metrics.update(
-                (keys["update_ratio"][k], updates[k]) for k in opt.logged if has_grad[k]
-            )
+            metrics.update((keys["update_ratio"][k], updates[k]) for k in opt.logged if has_grad[k])
         metrics[opt.key("total")] = row["total"]
         metrics[opt.key("first_last_ratio")] = ratio
         if "clipped_total" in row:
