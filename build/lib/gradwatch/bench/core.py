@@ -1,0 +1,83 @@
+"""Timing primitives shared by every benchmark group."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import statistics
+import time
+import warnings
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass
+
+import torch
+
+
+@dataclass
+class Row:
+    """One measured line of the table.
+
+    ``value`` is a rate (``unit`` like ``steps/s``) or a duration (``s``); ``ratio`` is
+    value / baseline's value within the same group (for durations, baseline / value, so a
+    ratio above 1 always means faster than the baseline).
+    """
+
+    group: str
+    name: str
+    value: float
+    unit: str
+    baseline: str | None = None
+    ratio: float | None = None
+    repeats: int = 1
+    note: str = ""
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def pin_threads(n: int = 1) -> None:
+    """Fix torch's intra- and inter-op threads so timings do not fight over cores."""
+    torch.set_num_threads(n)
+    # Inter-op threads can only be set once, before any parallel work.
+    with contextlib.suppress(RuntimeError):
+        torch.set_num_interop_threads(n)
+
+
+def median_time(fn: Callable[[], object], repeats: int, warmup: int = 1) -> float:
+    """Median wall time of ``fn()`` over ``repeats`` calls, after ``warmup`` calls."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def with_ratios(rows: list[Row]) -> list[Row]:
+    """Fill ``ratio`` for every row that names a baseline row of its group."""
+    by_name = {(r.group, r.name): r for r in rows}
+    for row in rows:
+        base = by_name.get((row.group, row.baseline)) if row.baseline else None
+        if base is None or not base.value or not row.value:
+            continue
+        faster_is_bigger = row.unit != "s"
+        row.ratio = row.value / base.value if faster_is_bigger else base.value / row.value
+    return rows
+
+
+@contextlib.contextmanager
+def quiet() -> Iterator[None]:
+    """Silence Lightning's per-fit banners and warnings while timing: they would bury the table."""
+    loggers = [logging.getLogger(n) for n in ("lightning.pytorch", "lightning.fabric")]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        for lg, level in zip(loggers, levels):
+            lg.setLevel(level)

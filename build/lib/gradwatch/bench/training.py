@@ -1,0 +1,274 @@
+"""Training throughput: our full stack against the article's hand-written PyTorch loop.
+
+For the article's 10-layer sigmoid MLP and its 20-block residual MLP, on the digits data
+with the same network (same config, same seed), batch and Adam(lr=1e-3):
+
+- ``plain loop``: the article's loop over ``DataLoader(TensorDataset(x, y), shuffle=True)``
+  (zero_grad, forward, cross-entropy, backward, step); the baseline of every row;
+- ``plain loop + .item() norms``: the same, recording every parameter's gradient norm with
+  ``.item()`` each step, as the article monitors them;
+- ``plain loop + fused Adam``: the same with ``Adam(fused=True)``, which our config uses;
+- ``gradwatch``: ``configs/train.yaml`` composed with Hydra's compose API (default callbacks
+  and logger, no progress bar, no validation, no test) and ``Trainer.fit``;
+- ``gradwatch, grad norms every step``: the same with ``callbacks.grad_norm.log_every_n_steps=1``;
+- ``gradwatch, no checkpoint`` and ``Lightning alone``: where the stack's time goes;
+- a 20-layer sigmoid MLP (which, unlike the 10-layer one, makes subnormal floats): our
+  stack with ``flush_denormal=true`` vs without;
+- residual, not quick: ``plain loop, torch.compile`` (where inductor works on this CPU).
+
+Steps/s are taken over whole epochs after one warm-up epoch, so per-epoch costs (the
+checkpoint, the DataLoader's reshuffle) count and one-off start-up does not. Variants run
+interleaved, ``repeats`` rounds each, and the median is reported. Times are wall time,
+or CPU time of this process with ``--clock cpu`` (one torch thread, so CPU time is the work
+done, whatever else shares the machine).
+"""
+
+from __future__ import annotations
+
+import os
+import statistics
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import lightning as L
+import torch
+from hydra import compose, initialize_config_dir
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf, open_dict
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+import gradwatch
+from gradwatch.bench.core import Row, quiet
+from gradwatch.train import _instantiate_group
+
+GROUP = "training"
+CONFIG_DIR = Path(gradwatch.__file__).resolve().parents[2] / "configs"
+#: ``GRADWATCH_BENCH_CLOCK=cpu`` (``--clock cpu``) times with this process's CPU time, which
+#: other jobs on a shared machine inflate far less than wall time; the default is wall time.
+CLOCKS = {"wall": time.perf_counter, "cpu": time.process_time}
+#: Lightning adds a ModelCheckpoint of its own unless checkpointing is switched off.
+NO_CHECKPOINT = ("~callbacks.model_checkpoint", "++trainer.enable_checkpointing=false")
+#: The Trainer with nothing of ours but the module and data: Lightning's own per-step cost.
+BARE = ("callbacks=none", "logger=none", "++trainer.enable_checkpointing=false")
+#: network -> (warm-up epochs, timed epochs, timed epochs when quick); digits: 10 steps/epoch
+EPOCHS = {"sigmoid": (1, 8, 2), "residual": (1, 2, 1)}
+
+
+def clock() -> float:
+    return CLOCKS[os.environ.get("GRADWATCH_BENCH_CLOCK", "wall")]()
+
+
+def compose_config(experiment: str, log_dir: str, *overrides: str) -> DictConfig:
+    """``configs/train.yaml`` as ``make train`` composes it, minus the progress bar."""
+    with initialize_config_dir(str(CONFIG_DIR), version_base="1.3"):
+        cfg = compose(
+            "train",
+            overrides=[
+                f"experiment={experiment}",
+                f"paths.log_dir={log_dir}",
+                "trainer.enable_progress_bar=false",
+                "++trainer.limit_val_batches=0",
+                "test=false",
+                *overrides,
+            ],
+        )
+    with open_dict(cfg):
+        cfg.paths.output_dir = tempfile.mkdtemp(dir=log_dir)
+    return cfg
+
+
+class EpochClock(L.Callback):
+    """Wall time from the start of the first timed epoch to the end of training."""
+
+    def __init__(self, warmup_epochs: int) -> None:
+        self.warmup_epochs = warmup_epochs
+        self.start: float | None = None
+        self.start_step = 0
+        self.steps_per_s = float("nan")
+
+    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.current_epoch == self.warmup_epochs:
+            self.start, self.start_step = clock(), trainer.global_step
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        assert self.start is not None, "no timed epoch ran"
+        steps = trainer.global_step - self.start_step
+        self.steps_per_s = steps / (clock() - self.start)
+
+
+def stack_steps_per_s(cfg: DictConfig, warmup: int, epochs: int) -> float:
+    """Our stack as ``gradwatch.train`` builds it, timed by :class:`EpochClock`."""
+    L.seed_everything(cfg.seed, workers=True, verbose=False)
+    if cfg.get("flush_denormal"):
+        torch.set_flush_denormal(True)
+    datamodule = instantiate(cfg.data)
+    net = instantiate(
+        cfg.model.net, input_shape=datamodule.input_shape, num_classes=datamodule.num_classes
+    )
+    module_cfg = OmegaConf.masked_copy(cfg.model, [k for k in cfg.model if k != "net"])
+    model = instantiate(module_cfg, net=net, num_classes=datamodule.num_classes)
+    timer = EpochClock(warmup)
+    trainer = instantiate(
+        cfg.trainer,
+        max_epochs=warmup + epochs,
+        callbacks=[*_instantiate_group(cfg.get("callbacks")), timer],
+        logger=_instantiate_group(cfg.get("logger")) or False,
+    )
+    try:
+        trainer.fit(model, datamodule=datamodule)
+    finally:
+        torch.set_flush_denormal(False)
+    return timer.steps_per_s
+
+
+def plain_loop_steps_per_s(
+    cfg: DictConfig,
+    warmup: int,
+    epochs: int,
+    item_norms: bool = False,
+    compiled: bool = False,
+    fused: bool = False,
+) -> float:
+    """The article's training loop on the same network, data and batch size."""
+    torch.manual_seed(cfg.seed)
+    datamodule = instantiate(cfg.data)
+    datamodule.setup("fit")
+    x, y = datamodule.splits["train"]
+    # Datamodules that normalize each batch on the fly (normalize_batch): give the plain loop
+    # the same inputs, normalized once up front as a hand-written loop would hold them.
+    if callable(normalize := getattr(datamodule, "normalize_batch", None)):
+        x = normalize(x)
+    loader = DataLoader(TensorDataset(x, y), batch_size=cfg.data.batch_size, shuffle=True)
+    model = instantiate(
+        cfg.model.net, input_shape=datamodule.input_shape, num_classes=datamodule.num_classes
+    )
+    forward = torch.compile(model) if compiled else model
+    criterion = nn.CrossEntropyLoss()
+    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.model.optimizer.lr, fused=fused)
+    norms: list[float] = []
+    steps, start = 0, 0.0
+    for epoch in range(warmup + epochs):
+        if epoch == warmup:
+            steps, start = 0, clock()
+        for data, target in loader:
+            optimizer.zero_grad()
+            loss = criterion(forward(data), target)
+            loss.backward()
+            if item_norms:
+                norms += [p.grad.norm().item() for p in model.parameters() if p.grad is not None]
+            optimizer.step()
+            steps += 1
+    return steps / (clock() - start)
+
+
+def compile_works() -> str | None:
+    """None when torch.compile runs a backward pass here, else why not."""
+    try:
+        net = torch.compile(nn.Sequential(nn.Linear(4, 4), nn.ReLU()))
+        net(torch.randn(2, 4)).sum().backward()
+    except Exception as err:  # inductor needs a working C++ toolchain
+        return f"torch.compile unavailable: {type(err).__name__}: {str(err)[:120]}"
+    return None
+
+
+def interleaved_medians(variants: dict[str, Callable[[], float]], repeats: int) -> dict[str, float]:
+    """Median of each variant over ``repeats`` rounds, variants in a rotating order.
+
+    Rotating spreads the machine's slow moments (other jobs) over all variants instead of
+    charging them to whichever ran at that time.
+    """
+    names = list(variants)
+    results: dict[str, list[float]] = {name: [] for name in names}
+    for r in range(repeats):
+        for name in names[r % len(names) :] + names[: r % len(names)]:
+            results[name].append(variants[name]())
+    return {name: statistics.median(values) for name, values in results.items()}
+
+
+def network_rows(experiment: str, repeats: int, quick: bool, log_dir: str) -> list[Row]:
+    warmup, epochs, quick_epochs = EPOCHS[experiment]
+    epochs = quick_epochs if quick else epochs
+    cfg = compose_config(experiment, log_dir)
+    every_step = compose_config(experiment, log_dir, "callbacks.grad_norm.log_every_n_steps=1")
+    # Where the stack's time goes: without the per-epoch checkpoint, and Lightning alone.
+    no_checkpoint = compose_config(experiment, log_dir, *NO_CHECKPOINT)
+    bare = compose_config(experiment, log_dir, *BARE)
+    variants: dict[str, Callable[[], float]] = {
+        "plain loop": lambda: plain_loop_steps_per_s(cfg, warmup, epochs),
+        "plain loop + .item() norms": lambda: plain_loop_steps_per_s(
+            cfg, warmup, epochs, item_norms=True
+        ),
+        "plain loop + fused Adam": lambda: plain_loop_steps_per_s(cfg, warmup, epochs, fused=True),
+        "gradwatch": lambda: stack_steps_per_s(cfg, warmup, epochs),
+        "gradwatch, grad norms every step": lambda: stack_steps_per_s(every_step, warmup, epochs),
+        "gradwatch, no checkpoint": lambda: stack_steps_per_s(no_checkpoint, warmup, epochs),
+        "Lightning alone": lambda: stack_steps_per_s(bare, warmup, epochs),
+    }
+    notes = {
+        "plain loop": "DataLoader(TensorDataset), shuffle",
+        "gradwatch": "Hydra config, Trainer.fit, default callbacks + logger, no val",
+        "gradwatch, no checkpoint": "default callbacks minus ModelCheckpoint",
+        "Lightning alone": "no callbacks, logger or checkpoint",
+    }
+    compile_note = None
+    if experiment == "residual" and not quick:
+        compile_note = compile_works()
+        if compile_note is None:
+            variants["plain loop, torch.compile"] = lambda: plain_loop_steps_per_s(
+                cfg, warmup, epochs, compiled=True
+            )
+    medians = interleaved_medians(variants, repeats)
+    baseline = f"{experiment}: plain loop"
+    rows = [
+        Row(
+            GROUP,
+            f"{experiment}: {name}",
+            value,
+            "steps/s",
+            baseline=None if name == "plain loop" else baseline,
+            repeats=repeats,
+            note=notes.get(name, ""),
+        )
+        for name, value in medians.items()
+    ]
+    if compile_note:
+        rows.append(
+            Row(
+                GROUP, f"{experiment}: plain loop, torch.compile", 0.0, "steps/s", note=compile_note
+            )
+        )
+    return rows
+
+
+def flush_denormal_rows(repeats: int, quick: bool, log_dir: str) -> list[Row]:
+    """Our stack with and without ``flush_denormal`` on a 20-layer sigmoid MLP.
+
+    The 10-layer net makes no subnormal floats on digits; at depth 20 the input-side
+    gradients are ~1e-19, so Adam's squared-gradient average falls below 1.2e-38.
+    """
+    warmup, epochs, quick_epochs = EPOCHS["sigmoid"]
+    epochs = quick_epochs if quick else epochs
+    name = "sigmoid depth 20: gradwatch"
+    deep = ("model.net.depth=20",)
+    cfgs = {
+        name: compose_config("sigmoid", log_dir, *deep),
+        f"{name}, flush_denormal": compose_config("sigmoid", log_dir, *deep, "flush_denormal=true"),
+    }
+    variants = {k: (lambda c=c: stack_steps_per_s(c, warmup, epochs)) for k, c in cfgs.items()}
+    return [
+        Row(GROUP, k, v, "steps/s", baseline=None if k == name else name, repeats=repeats)
+        for k, v in interleaved_medians(variants, repeats).items()
+    ]
+
+
+def run(repeats: int, quick: bool) -> list[Row]:
+    with tempfile.TemporaryDirectory(prefix="gradwatch-bench-") as log_dir, quiet():
+        rows = [
+            row
+            for experiment in EPOCHS
+            for row in network_rows(experiment, repeats, quick, log_dir)
+        ]
+        return rows + flush_denormal_rows(repeats, quick, log_dir)

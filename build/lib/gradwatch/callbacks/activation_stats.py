@@ -1,0 +1,158 @@
+"""ActivationStatsCallback: is each activation healthy, saturated or dead?"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import lightning as L
+import torch
+from torch import nn
+
+from gradwatch.callbacks.layers import stable_name
+from gradwatch.callbacks.schedule import check_interval, logs_at
+
+#: Activations whose flat ends kill the gradient: output range (low, high).
+SATURATING: dict[type[nn.Module], tuple[float, float]] = {
+    nn.Sigmoid: (0.0, 1.0),
+    nn.Tanh: (-1.0, 1.0),
+    nn.Hardsigmoid: (0.0, 1.0),
+    nn.Hardtanh: (-1.0, 1.0),
+}
+#: Activations that output exactly zero for negative inputs (a unit can die).
+RECTIFYING: tuple[type[nn.Module], ...] = (nn.ReLU, nn.ReLU6)
+OTHER: tuple[type[nn.Module], ...] = (
+    nn.LeakyReLU,
+    nn.ELU,
+    nn.GELU,
+    nn.SELU,
+    nn.SiLU,
+    nn.Mish,
+    nn.Softplus,
+    nn.CELU,
+    nn.PReLU,
+)
+ACTIVATIONS = (*SATURATING, *RECTIFYING, *OTHER)
+
+
+class ActivationStatsCallback(L.Callback):
+    """Per activation module: mean, std, saturation (sigmoid/tanh) and dead fraction (ReLU).
+
+    Forward hooks are attached only for the first micro-batch of a logging step and removed
+    right after it, so other steps run untouched; they are all gone at the end of fit. That
+    micro-batch runs with ``torch.compile`` disabled (compiled code ignores hooks added after
+    it was compiled); names drop the ``_orig_mod.`` of compiled modules.
+    Statistics are reduced on the device and cross to the host in one transfer per logging
+    step. Keys: ``activation/<module path>/mean|std`` for every activation,
+    ``.../saturation`` (share of outputs within ``saturation_margin`` of either end of the
+    range: the sigmoid's or tanh's flat ends, where the derivative is near zero) for
+    saturating ones, ``.../dead`` (share of units that are zero for every example of the
+    batch) for ReLU. A unit is one position of the output without the batch dimension (a
+    feature of an MLP, a channel-pixel of a CNN). Logged from rank zero only.
+
+    Example::
+
+        trainer = L.Trainer(callbacks=[ActivationStatsCallback(log_every_n_steps=50)])
+
+    Args:
+        log_every_n_steps: measure every this many optimizer steps (step 0 always);
+            ``None`` follows ``trainer.log_every_n_steps``.
+        saturation_margin: distance from an end of the output range that counts as saturated.
+    """
+
+    def __init__(
+        self, log_every_n_steps: int | None = None, saturation_margin: float = 0.02
+    ) -> None:
+        check_interval("log_every_n_steps", log_every_n_steps)
+        if not 0 < saturation_margin < 0.5:
+            raise ValueError(f"saturation_margin must be in (0, 0.5), got {saturation_margin!r}.")
+        self.log_every_n_steps = log_every_n_steps
+        self.saturation_margin = saturation_margin
+        self._modules: list[tuple[str, nn.Module]] = []
+        self._handles: list[Any] = []
+        self._stats: dict[str, list[torch.Tensor]] = {}
+        self._hooked_step: int | None = None
+        self._stance: Any = None
+        self.last_metrics: dict[str, float] = {}
+
+    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._modules = [
+            (stable_name(name), module)
+            for name, module in pl_module.named_modules()
+            if isinstance(module, ACTIVATIONS)
+        ]
+
+    def on_train_batch_start(self, trainer: L.Trainer, *args: Any) -> None:
+        step = trainer.global_step
+        if not logs_at(step, self.log_every_n_steps, trainer):
+            return
+        if step == self._hooked_step or not self._modules:
+            return
+        self._hooked_step = step
+        self._stats = {}
+        self._handles = [
+            module.register_forward_hook(self._hook(name)) for name, module in self._modules
+        ]
+        self._stance = torch.compiler.set_stance("force_eager")
+
+    def _hook(self, name: str):
+        @torch.no_grad()
+        def record(module: nn.Module, args: tuple, output: Any) -> None:
+            if isinstance(output, torch.Tensor) and output.dim() >= 1 and output.numel():
+                self._stats.setdefault(name, []).append(self._measure(module, output))
+
+        return record
+
+    def _measure(self, module: nn.Module, out: torch.Tensor) -> torch.Tensor:
+        """[mean, std, saturation, dead] (NaN where it does not apply), on the device."""
+        out = out.detach().float()
+        nan = torch.full((), float("nan"), device=out.device)
+        saturation = dead = nan
+        span = SATURATING.get(type(module))
+        if span is not None:
+            low, high = span
+            margin = self.saturation_margin * (high - low)
+            saturation = ((out < low + margin) | (out > high - margin)).float().mean()
+        elif isinstance(module, RECTIFYING):
+            units = out.reshape(out.shape[0], -1) if out.dim() > 1 else out.reshape(1, -1)
+            dead = (units == 0).all(dim=0).float().mean()
+        std = out.std() if out.numel() > 1 else nan
+        return torch.stack([out.mean(), std, saturation, dead])
+
+    def _remove_hooks(self) -> None:
+        for handle in self._handles:
+            handle.remove()
+        self._handles = []
+        if self._stance is not None:
+            self._stance.__exit__(None, None, None)
+            self._stance = None
+
+    def on_train_batch_end(self, trainer: L.Trainer, *args: Any) -> None:
+        if not self._handles:
+            return
+        self._remove_hooks()
+        if not self._stats:
+            return
+        names = list(self._stats)
+        # A module called several times per forward: the mean of its calls.
+        per_module = torch.stack([torch.stack(calls).mean(dim=0) for calls in self._stats.values()])
+        values = per_module.tolist()  # one device-to-host transfer
+        self._stats = {}
+        if not trainer.is_global_zero:
+            return
+        metrics = {}
+        for name, (mean, std, saturation, dead) in zip(names, values):
+            metrics[f"activation/{name}/mean"] = mean
+            metrics[f"activation/{name}/std"] = std
+            if saturation == saturation:  # not NaN
+                metrics[f"activation/{name}/saturation"] = saturation
+            if dead == dead:
+                metrics[f"activation/{name}/dead"] = dead
+        self.last_metrics = metrics
+        for logger in trainer.loggers:
+            logger.log_metrics(metrics, step=self._hooked_step)
+
+    def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._remove_hooks()
+
+    def on_exception(self, trainer: L.Trainer, *args: Any) -> None:
+        self._remove_hooks()

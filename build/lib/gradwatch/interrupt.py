@@ -1,0 +1,154 @@
+"""Ctrl-C (SIGINT) and SIGTERM stop training cleanly: finish the step, save last.ckpt, exit.
+
+While a Trainer runs, Lightning turns SIGTERM into a flag that stops training at the next
+batch boundary (raising ``SIGTERMException``, on every DDP rank at the same step).
+``InterruptCheckpoint`` routes the first Ctrl-C through the same path, so the checkpoint it
+then saves never holds a half-done step; a second Ctrl-C stops at once without saving.
+Outside the Trainer (building the model, loading data), :meth:`InterruptCheckpoint.catch_sigterm`
+makes SIGTERM raise like Ctrl-C does, so the run can still record why it ended.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+import lightning as L
+from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.trainer.states import TrainerFn, TrainerStatus
+from lightning.pytorch.utilities.exceptions import SIGTERMException
+from lightning.pytorch.utilities.rank_zero import rank_zero_info
+
+#: Exit codes of a process stopped by a signal, as shells report them.
+EXIT_CODES = {"SIGINT": 128 + signal.SIGINT, "SIGTERM": 128 + signal.SIGTERM}
+
+
+def _in_main_thread() -> bool:
+    return threading.current_thread() is threading.main_thread()
+
+
+class InterruptCheckpoint(L.Callback):
+    """Saves ``<dirpath>/last.ckpt`` when fitting stops on SIGINT or SIGTERM.
+
+    It also flushes the loggers before every checkpoint, so what a checkpoint has seen is
+    on disk, and a resume from it neither loses nor repeats logged steps.
+
+    Example::
+
+        trainer = L.Trainer(callbacks=[InterruptCheckpoint()])
+
+    Args:
+        dirpath: where ``last.ckpt`` goes; ``None``: the directory of the trainer's first
+            ``ModelCheckpoint``, else ``<default_root_dir>/checkpoints``.
+    """
+
+    def __init__(self, dirpath: str | os.PathLike | None = None) -> None:
+        self.dirpath = dirpath
+        self.signal: str | None = None  # "SIGINT" or "SIGTERM" once one stopped the run
+        self.saved_path: Path | None = None
+        self.trainer_running = False  # Lightning's own SIGTERM handler is active
+        self._training = False  # the checkpoint has been restored and steps are being taken
+        self._previous_sigint: Any = None
+        self._previous_sigterm: Any = None
+
+    # -- SIGTERM outside the Trainer -----------------------------------------------------
+    def catch_sigterm(self) -> None:
+        """Until :meth:`release_sigterm`: SIGTERM raises ``SIGTERMException`` unless a Trainer
+        (with Lightning's own handler, which calls this one too) is running."""
+        if _in_main_thread():  # signal handlers can only be set there
+            self._previous_sigterm = signal.signal(signal.SIGTERM, self._on_sigterm)
+
+    def release_sigterm(self) -> None:
+        if self._previous_sigterm is not None:
+            signal.signal(signal.SIGTERM, self._previous_sigterm)
+            self._previous_sigterm = None
+
+    def _on_sigterm(self, signum: int, frame: FrameType | None) -> None:
+        if not self.trainer_running:
+            self.signal = self.signal or "SIGTERM"
+            raise SIGTERMException
+
+    # -- SIGINT -> Lightning's SIGTERM path while fitting -------------------------------
+    def _on_sigint(self, signum: int, frame: FrameType | None) -> None:
+        if self.signal is not None:  # second Ctrl-C: stop now
+            raise KeyboardInterrupt
+        self.signal = "SIGINT"
+        rank_zero_info("\nCtrl-C: finishing this step, saving last.ckpt (Ctrl-C again: stop now)")
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        self.trainer_running = True
+        if stage == TrainerFn.FITTING and self._previous_sigint is None and _in_main_thread():
+            self._previous_sigint = signal.signal(signal.SIGINT, self._on_sigint)
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._training = True
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._training = False
+
+    def teardown(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        self.trainer_running = False
+        if self._previous_sigint is not None:
+            signal.signal(signal.SIGINT, self._previous_sigint)
+            self._previous_sigint = None
+
+    # -- the checkpoint --------------------------------------------------------------
+    def _last_path(self, trainer: L.Trainer) -> Path:
+        if self.dirpath is not None:
+            dirpath = Path(self.dirpath)
+        else:
+            dirpath = next(
+                (Path(cb.dirpath) for cb in trainer.checkpoint_callbacks if cb.dirpath),  # type: ignore[attr-defined]
+                Path(trainer.default_root_dir) / "checkpoints",
+            )
+        return dirpath / f"{ModelCheckpoint.CHECKPOINT_NAME_LAST}{ModelCheckpoint.FILE_EXTENSION}"
+
+    def on_save_checkpoint(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]
+    ) -> None:
+        # Lightning flushes the loggers only after a step's checkpoint: a kill in between
+        # would lose rows that the resumed run (starting after that step) never writes again.
+        for logger in trainer.loggers:
+            logger.save()
+
+    def on_exception(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException
+    ) -> None:
+        if not isinstance(exception, SIGTERMException):
+            return
+        self.signal = self.signal or "SIGTERM"
+        if not self._training:  # before the resumed state is restored: nothing new to save
+            return
+        path = self._last_path(trainer)
+        # ModelCheckpoints saving last.ckpt there keep overwriting this file after a resume
+        # (their state, saved in the checkpoint, names it) instead of starting last-v1.ckpt.
+        for callback in trainer.checkpoint_callbacks:
+            ours = isinstance(callback, ModelCheckpoint) and callback.save_last
+            if ours and callback.dirpath and Path(callback.dirpath) == path.parent:
+                callback.last_model_path = str(path)
+        trainer.save_checkpoint(path)
+        self.saved_path = path
+        rank_zero_info(f"{self.signal}: saved {path} at step {trainer.global_step}")
+
+
+def interrupted_by(err: BaseException, trainer: L.Trainer | None, cb: InterruptCheckpoint) -> str:
+    """``"SIGINT"``/``"SIGTERM"`` when ``err`` ended the run because of a signal, else ``""``."""
+    if cb.signal is not None:
+        return cb.signal
+    if isinstance(err, KeyboardInterrupt):
+        return "SIGINT"
+    if isinstance(err, SIGTERMException):
+        return "SIGTERM"
+    # Lightning ends a KeyboardInterrupt inside fit/test with sys.exit(1).
+    if (
+        isinstance(err, SystemExit)
+        and trainer is not None
+        and trainer.state.status == TrainerStatus.INTERRUPTED
+    ):
+        return "SIGINT"
+    return ""

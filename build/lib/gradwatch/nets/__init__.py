@@ -1,0 +1,18 @@
+"""The article's networks, built from one configurable MLP (and a CNN, see cnn.py)."""
+
+from gradwatch.nets.activations import ACTIVATIONS, make_activation
+from gradwatch.nets.cnn import CNN, CONV_NORMS, ResidualBlock
+from gradwatch.nets.init import INITS, init_weights
+from gradwatch.nets.mlp import MLP, NORMS
+
+__all__ = [
+    "ACTIVATIONS",
+    "CNN",
+    "CONV_NORMS",
+    "INITS",
+    "MLP",
+    "NORMS",
+    "ResidualBlock",
+    "init_weights",
+    "make_activation",
+]

@@ -1,0 +1,46 @@
+"""A plain (non-editable) install runs `python -m gradwatch.train` from any directory with
+the one top-level configs/ (packaged through the src/gradwatch/configs link)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.slow
+def test_a_built_wheel_finds_its_configs_from_any_directory(tmp_path):
+    build = subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
+         "-w", str(tmp_path / "dist"), str(ROOT)],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert build.returncode == 0, build.stderr[-2000:]
+    (wheel,) = (tmp_path / "dist").glob("gradwatch-*.whl")
+    site = tmp_path / "site"
+    zipfile.ZipFile(wheel).extractall(site)
+    configs = site / "gradwatch" / "configs"
+    packaged = sorted(p.relative_to(configs) for p in configs.rglob("*.yaml"))
+    sources = ROOT / "configs"
+    assert packaged == sorted(p.relative_to(sources) for p in sources.glob("**/*.yaml"))
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    env = {**os.environ, "PYTHONPATH": str(site), "WANDB_MODE": "offline"}
+    where = subprocess.run(
+        [sys.executable, "-c", "import gradwatch; print(gradwatch.__file__)"],
+        cwd=elsewhere, env=env, capture_output=True, text=True,
+    )  # fmt: skip
+    assert where.stdout.startswith(str(site)), where.stdout + where.stderr
+    run = subprocess.run(
+        [sys.executable, "-m", "gradwatch.train", "experiment=relu", "debug=fast", "test=false",
+         f"paths.log_dir={tmp_path / 'logs'}"],
+        cwd=elsewhere, env=env, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert list((tmp_path / "logs" / "relu" / "runs").glob("*/summary.json"))
