@@ -1,8 +1,0 @@
-"""gradwatch: see and fix vanishing and exploding gradients."""
-
-from importlib.metadata import PackageNotFoundError, version
-
-try:
-    __version__ = version("gradwatch")
-except PackageNotFoundError:  # running from a source tree that was not installed
-    __version__ = "0.0.0"
