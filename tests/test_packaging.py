@@ -25,7 +25,7 @@ def test_a_built_wheel_finds_its_configs_from_any_directory(tmp_path):
         source,
         symlinks=True,
         ignore=lambda d, names: [
-            n for n in names if n.startswith(".") or Path(d) == ROOT and n in skip
+            n for n in names if n.startswith(".") or (Path(d) == ROOT and n in skip)
         ],
     )
     build = subprocess.run(
