@@ -100,7 +100,7 @@ theory: $(STAMP) ## the article's numpy demos, corrected: figures into logs/theo
 # Benchmarks: BENCH_ARGS="--quick --repeats 1 --groups training" picks a subset.
 BENCH_ARGS ?=
 bench: $(STAMP) ## benchmark table (steps/s vs a plain PyTorch loop, sweep speedup) into logs/bench/
-	$(BIN)/python -m gradwatch.bench --out $(LOG_DIR)/bench $(BENCH_ARGS)
+	$(BIN)/python -m scripts.bench --out $(LOG_DIR)/bench $(BENCH_ARGS)
 
 clean: ## delete logs and caches (keeps .venv)
 	rm -rf $(LOG_DIR) outputs multirun lightning_logs wandb .pytest_cache .ruff_cache

@@ -11,14 +11,14 @@ import textwrap
 
 import pytest
 
-import gradwatch.bench
-from gradwatch.bench import __main__ as harness
-from gradwatch.bench import sweep, training
-from gradwatch.bench.core import with_ratios
+import scripts.bench
+from scripts.bench import __main__ as harness
+from scripts.bench import sweep, training
+from scripts.bench.core import with_ratios
 
 TINY_GROUP = textwrap.dedent(
     """
-    from gradwatch.bench.core import Row, median_time
+    from scripts.bench.core import Row, median_time
 
     def run(repeats, quick):
         slow = median_time(lambda: sum(range(20000)), repeats)
@@ -37,7 +37,7 @@ def tiny_group(tmp_path, monkeypatch):
     groups_dir = tmp_path / "groups"
     groups_dir.mkdir()
     (groups_dir / "tinygroup.py").write_text(TINY_GROUP)
-    monkeypatch.setattr(gradwatch.bench, "__path__", [*gradwatch.bench.__path__, str(groups_dir)])
+    monkeypatch.setattr(scripts.bench, "__path__", [*scripts.bench.__path__, str(groups_dir)])
     yield "tinygroup"
 
 
@@ -114,3 +114,9 @@ def test_sweep_grid_is_the_make_sweep_preset():
     grid, source = sweep.grid_overrides(quick=False)
     assert grid == ["sweep=small"] and "small.yaml" in source
     assert "debug=fast" in sweep.grid_overrides(quick=True)[0]
+
+
+def test_long_groups_run_only_when_named():
+    assert "sweep" not in harness.parse_args([]).groups
+    assert {"training", "callback_cost"} <= set(harness.parse_args([]).groups)
+    assert harness.parse_args(["--groups", "sweep"]).groups == ["sweep"]

@@ -20,7 +20,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from gradwatch.bench.core import Row
+from scripts.bench.core import Row
 
 GROUP = "sweep"
 QUICK_GRID = ["experiment=sigmoid,relu", "model.net.depth=5", "debug=fast"]

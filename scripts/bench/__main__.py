@@ -1,12 +1,12 @@
-"""``python -m gradwatch.bench`` (``make bench``): every benchmark group, one table.
+"""``python -m scripts.bench`` (``make bench``): every benchmark group, one table.
 
-Groups are the modules of :mod:`gradwatch.bench` other than ``core`` and ``__main__``;
+Groups are the modules of :mod:`scripts.bench` other than ``core`` and ``__main__``;
 each exposes ``run(repeats: int, quick: bool) -> list[Row]``. They run one after the other
 in this process with torch threads pinned; the table of medians and ratios is printed and
 written to ``<out>/bench-<timestamp>.{json,md}`` and ``<out>/latest.{json,md}``.
 
-    python -m gradwatch.bench                     # all groups, 5 repeats
-    python -m gradwatch.bench --quick --repeats 1 --groups training
+    python -m scripts.bench                     # all groups but the long ones, 5 repeats
+    python -m scripts.bench --quick --repeats 1 --groups training
 """
 
 from __future__ import annotations
@@ -24,16 +24,18 @@ from pathlib import Path
 
 import torch
 
-import gradwatch.bench
-from gradwatch.bench.core import Row, pin_threads, with_ratios
+import scripts.bench
+from scripts.bench.core import Row, pin_threads, with_ratios
 
 NOT_GROUPS = {"core", "__main__"}
+#: Groups that take minutes of their own: run only when named in --groups.
+LONG_GROUPS = {"sweep"}
 
 
 def available_groups() -> list[str]:
     return sorted(
         m.name
-        for m in pkgutil.iter_modules(gradwatch.bench.__path__)
+        for m in pkgutil.iter_modules(scripts.bench.__path__)
         if m.name not in NOT_GROUPS and not m.name.startswith("_")
     )
 
@@ -41,13 +43,15 @@ def available_groups() -> list[str]:
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     groups = available_groups()
     parser = argparse.ArgumentParser(
-        prog="python -m gradwatch.bench",
+        prog="python -m scripts.bench",
         description="Benchmark table: medians over interleaved repeats, ratios to baselines.",
     )
+    default = [g for g in groups if g not in LONG_GROUPS]
     parser.add_argument(
         "--groups",
-        default=",".join(groups),
-        help=f"comma-separated groups to run (default: all of {', '.join(groups)})",
+        default=",".join(default),
+        help=f"comma-separated groups to run (default: {', '.join(default)}; also: "
+        f"{', '.join(sorted(LONG_GROUPS))})",
     )
     parser.add_argument("--repeats", type=int, default=5, help="timed repeats per row")
     parser.add_argument("--quick", action="store_true", help="shorter runs, long rows skipped")
@@ -150,7 +154,7 @@ def main(argv: list[str] | None = None) -> int:
     for group in args.groups:
         print(f"[bench] {group} ...", file=sys.stderr, flush=True)
         t0 = time.perf_counter()
-        module = importlib.import_module(f"gradwatch.bench.{group}")
+        module = importlib.import_module(f"scripts.bench.{group}")
         rows += module.run(repeats=args.repeats, quick=args.quick)
         meta["duration_s"][group] = round(time.perf_counter() - t0, 1)
     rows = with_ratios(rows)

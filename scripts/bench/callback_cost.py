@@ -9,7 +9,7 @@
   its default mode, gradients only, every 50 steps, Lightning's ``grad_norm`` recipe and
   ``wandb.watch(log_freq=1)`` (W&B offline). Variants are interleaved in every repeat.
 
-    python -m gradwatch.bench --groups callback_cost --repeats 1 --quick
+    python -m scripts.bench --groups callback_cost --repeats 1 --quick
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from lightning.pytorch.utilities import grad_norm
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from gradwatch.bench.core import Row, quiet, with_ratios
+from scripts.bench.core import Row, quiet, with_ratios
 from gradwatch.callbacks import GradientNormCallback
 from gradwatch.loggers.tensorboard import BatchedTensorBoardLogger
 

@@ -22,7 +22,7 @@ import numpy as np
 from torch.utils.data import DataLoader
 from torchvision import datasets, transforms
 
-from gradwatch.bench.core import Row, median_time
+from scripts.bench.core import Row, median_time
 from gradwatch.data import MNISTDataModule
 
 GROUP = "data"

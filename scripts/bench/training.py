@@ -41,7 +41,7 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 import gradwatch
-from gradwatch.bench.core import Row, quiet
+from scripts.bench.core import Row, quiet
 from gradwatch.train import _instantiate_group
 
 GROUP = "training"

@@ -18,7 +18,7 @@ Lightning training with:
 Variants are interleaved in every repeat so that machine noise hits all of them alike; the
 note of each row gives the overhead as a share of the baseline's step time.
 
-    python -m gradwatch.bench.grad_norm --quick
+    python -m scripts.bench.grad_norm --quick
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ import torch
 from lightning.pytorch.loggers import WandbLogger
 from lightning.pytorch.utilities import grad_norm
 
-from gradwatch.bench.core import Row, pin_threads, quiet, with_ratios
+from scripts.bench.core import Row, pin_threads, quiet, with_ratios
 from gradwatch.callbacks import GradientNormCallback
 from gradwatch.data import DigitsDataModule
 from gradwatch.module import ClassifierModule
@@ -218,7 +218,7 @@ def run(repeats: int = 3, quick: bool = False) -> list[Row]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(prog="python -m gradwatch.bench.grad_norm")
+    parser = argparse.ArgumentParser(prog="python -m scripts.bench.grad_norm")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--quick", action="store_true")
     args = parser.parse_args()
