@@ -27,9 +27,9 @@ from lightning.pytorch.utilities import grad_norm
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from scripts.bench.core import Row, quiet, with_ratios
 from gradwatch.callbacks import GradientNormCallback
 from gradwatch.loggers.tensorboard import BatchedTensorBoardLogger
+from scripts.bench.core import Row, quiet, with_ratios
 
 GROUP = "callback_cost"
 

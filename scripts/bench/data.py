@@ -22,8 +22,8 @@ import numpy as np
 from torch.utils.data import DataLoader
 from torchvision import datasets, transforms
 
-from scripts.bench.core import Row, median_time
 from gradwatch.data import MNISTDataModule
+from scripts.bench.core import Row, median_time
 
 GROUP = "data"
 BATCH_SIZE = 128

@@ -36,11 +36,11 @@ import torch
 from lightning.pytorch.loggers import WandbLogger
 from lightning.pytorch.utilities import grad_norm
 
-from scripts.bench.core import Row, pin_threads, quiet, with_ratios
 from gradwatch.callbacks import GradientNormCallback
 from gradwatch.data import DigitsDataModule
 from gradwatch.module import ClassifierModule
 from gradwatch.nets import MLP
+from scripts.bench.core import Row, pin_threads, quiet, with_ratios
 
 GROUP = "grad_norm"
 

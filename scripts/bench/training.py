@@ -41,8 +41,8 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 import gradwatch
-from scripts.bench.core import Row, quiet
 from gradwatch.train import _instantiate_group
+from scripts.bench.core import Row, quiet
 
 GROUP = "training"
 CONFIG_DIR = Path(gradwatch.__file__).resolve().parents[2] / "configs"
