@@ -166,6 +166,7 @@ def resnet18(repeats: int, quick: bool) -> list[Row]:
     steps = 12 if quick else 30
     rates: dict[str, list[float]] = {v: [] for v in RESNET_VARIANTS}
     with tempfile.TemporaryDirectory() as root:
+        _resnet_rate("none", steps, root)  # warm-up: one-off costs (allocator, kernels)
         for _ in range(max(1, repeats)):
             for variant in RESNET_VARIANTS:
                 rates[variant].append(_resnet_rate(variant, steps, root))
