@@ -543,3 +543,41 @@ def test_a_520_layer_model_logs_the_capped_layers_and_writes_every_layer(tmp_pat
     _, _, grads = probe.grads[0]
     for row in csv_rows[::97]:
         assert float(row["grad_norm"]) == pytest.approx(layer_norm(grads, row["layer"]), rel=1e-5)
+
+
+class Residual(nn.Module):
+    def __init__(self, width: int) -> None:
+        super().__init__()
+        self.linear = nn.Linear(width, width)
+
+    def forward(self, x):
+        return x + 0.1 * torch.tanh(self.linear(x))
+
+
+class ReversedBlocks(nn.Module):
+    """10,000 residual blocks, run in the reverse of their registration order."""
+
+    def __init__(self, blocks: int = 10_000) -> None:
+        super().__init__()
+        self.inp = nn.Linear(8, 4)
+        self.blocks = nn.ModuleList(Residual(4) for _ in range(blocks))
+        self.out = nn.Linear(4, 4)
+
+    def forward(self, x):
+        h = self.inp(x)
+        for block in reversed(self.blocks):
+            h = block(h)
+        return self.out(h)
+
+
+@pytest.mark.slow
+def test_ten_thousand_residual_layers_in_depth_order(tmp_path):
+    torch.manual_seed(0)
+    probe = GradProbe()
+    cb = GradientNormCallback(log_every_n_steps=1, max_logged_layers=16, weight_stats=False)
+    trainer(tmp_path, [probe, cb], max_steps=2).fit(Classifier(ReversedBlocks()), loader())
+    blocks = [f"net.blocks.{i}.linear" for i in reversed(range(10_000))]
+    assert cb.layer_names == ["net.inp", *blocks, "net.out"]
+    _, _, grads = probe.grads[1]
+    want = layer_norm(grads, "net.inp") / layer_norm(grads, "net.out")
+    assert cb.ratios[1] == pytest.approx(want, rel=1e-5)

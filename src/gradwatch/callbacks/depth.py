@@ -1,16 +1,19 @@
 """Depth order of layers (input side first) from what the backward pass really does.
 
-A layer's depth is the longest path in the autograd graph from the loss to its parameters:
-the number of operations the gradient passes through before it reaches them. This sees what
-module hooks miss: ``nn.MultiheadAttention.out_proj`` (called functionally), parameters
-owned by the LightningModule itself, tied weights (placed at their deepest use) and the
-real data flow whatever the registration order. Where the graph does not lead to a layer's
-parameters (FSDP's unsharded copies, reentrant activation checkpointing, a compiled region
-that hides its inner order) the forward pre-hooks recorded in the same step place it.
+The backward pass accumulates a parameter's gradient once every use of it has been
+differentiated, in the reverse order of the forward operations: the later a layer's
+gradient is complete, the nearer the input it is. Recorded with post-accumulate-grad
+hooks, this sees what module hooks miss: ``nn.MultiheadAttention.out_proj`` (called
+functionally), parameters owned by the LightningModule itself, tied weights (placed at
+their deepest use) and the real data flow whatever the registration order. Where no
+gradient is accumulated into a layer's own parameters (FSDP2 writes the reduced shards
+directly) the forward pre-hooks recorded in the same step place it.
 
 Ordering runs on a step where some trainable layer has no place yet: the first step, and
 later steps where a layer is unfrozen or a branch is first taken. That step runs with
-``torch.compile`` disabled, so compiled models show their inner order too.
+``torch.compile`` disabled, so compiled models show their inner order too. (Walking the
+autograd graph from the loss would also work, but wrapping its nodes in Python objects
+makes freeing a 10,000-layer graph overflow the C stack.)
 """
 
 from __future__ import annotations
@@ -22,47 +25,16 @@ import torch
 from gradwatch.callbacks.layers import Layer
 
 
-def graph_depths(loss: torch.Tensor) -> dict[int, int]:
-    """``id(parameter) -> longest path length`` from ``loss`` to its gradient accumulator."""
-    root = loss.grad_fn
-    if root is None:
-        return {}
-    # Post-order by an iterative DFS (graphs of deep nets overflow Python's recursion).
-    post, seen = [], {root}
-    stack = [(root, iter(root.next_functions))]
-    while stack:
-        node, children = stack[-1]
-        for child, _ in children:
-            if child is not None and child not in seen:
-                seen.add(child)
-                stack.append((child, iter(child.next_functions)))
-                break
-        else:
-            stack.pop()
-            post.append(node)
-    # Reversed post-order is topological: every node comes after all of its parents.
-    dist = {root: 0}
-    depths = {}
-    for node in reversed(post):
-        d = dist[node]
-        variable = getattr(node, "variable", None)  # AccumulateGrad nodes hold the leaf
-        if variable is not None:
-            depths[id(variable)] = d
-        for child, _ in node.next_functions:
-            if child is not None and dist.get(child, -1) < d + 1:
-                dist[child] = d + 1
-    return depths
-
-
 class DepthOrder:
-    """Places layers by depth: :meth:`start` a pass, :meth:`observe` each backward, then
-    :meth:`merge` and :meth:`stop`; :meth:`order` gives the layers input side first."""
+    """Places layers by depth: :meth:`start` a pass before a step's forward, then
+    :meth:`merge` and :meth:`stop` after its backward; :meth:`order` gives the layers input
+    side first."""
 
     def __init__(self, layers: list[Layer]) -> None:
         self.layers = layers
-        self._layer_of = {id(p): i for i, layer in enumerate(layers) for p in layer.params}
         self.key: dict[int, float] = {}  # layer -> depth key, larger = nearer the input
-        self._graph: dict[int, int] = {}
+        self._graph: dict[int, int] = {}  # layer -> when its gradient was complete
+        self._accumulated = 0
         self._forward: list[int] = []
         self._handles: list[Any] = []
         self._stance: Any = None
@@ -91,10 +63,13 @@ class DepthOrder:
         return self._stance is not None
 
     def start(self) -> None:
-        """Record the next forward and backward passes (compiled code runs eagerly meanwhile)."""
-        self._graph, self._forward = {}, []
+        """Record the next passes (compiled code runs eagerly meanwhile)."""
+        self._graph, self._forward, self._accumulated = {}, [], 0
         for i, layer in enumerate(self.layers):
             self._handles.append(layer.module.register_forward_pre_hook(self._ran(i)))
+            for param in layer.params:
+                if param.requires_grad:
+                    self._handles.append(param.register_post_accumulate_grad_hook(self._got(i)))
         self._stance = torch.compiler.set_stance("force_eager")
 
     def _ran(self, index: int):
@@ -103,12 +78,12 @@ class DepthOrder:
 
         return hook
 
-    def observe(self, loss: torch.Tensor) -> None:
-        """Before a backward pass: the depths its graph gives."""
-        for param_id, d in graph_depths(loss).items():
-            layer = self._layer_of.get(param_id)
-            if layer is not None and self._graph.get(layer, -1) < d:
-                self._graph[layer] = d
+    def _got(self, index: int):
+        def hook(param: torch.Tensor) -> None:
+            self._accumulated += 1
+            self._graph[index] = self._accumulated  # the layer's last parameter wins
+
+        return hook
 
     def stop(self) -> None:
         """End an ordering pass (call :meth:`merge` first to keep what it saw)."""

@@ -95,8 +95,8 @@ class GradientNormCallback(L.Callback):
 
     A layer is a module that owns parameters, named by module path without wrapper segments
     (``net.blocks.0.conv1``; ``_orig_mod.`` of ``torch.compile`` is dropped), and numbered by
-    depth: the longest path from the loss to its parameters in the autograd graph, so depth
-    1 is nearest the input whatever the registration order (see ``callbacks/depth.py``). A
+    depth: when the backward pass completes its gradient (the later, the nearer the input), so
+    depth 1 is nearest the input whatever the registration order (``callbacks/depth.py``). A
     parameter shared by several modules (tied weights) counts once, for its first owner.
 
     Gradients are read in ``on_before_optimizer_step`` (after the backward pass, DDP's
@@ -280,12 +280,6 @@ class GradientNormCallback(L.Callback):
         )
         if due:
             depth.start()
-
-    def on_before_backward(
-        self, trainer: L.Trainer, pl_module: L.LightningModule, loss: torch.Tensor
-    ) -> None:
-        if self._depth is not None and self._depth.active:
-            self._depth.observe(loss)
 
     def _merge_depths(self) -> None:
         self._depth.merge()
