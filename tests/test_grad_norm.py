@@ -127,21 +127,38 @@ def test_forward_order_is_not_registration_order(tmp_path):
 
 
 def test_layer_without_gradient_is_absent_not_zero(tmp_path):
-    class WithUnused(nn.Module):
+    class DetachedMiddle(nn.Module):
+        """The middle layer runs, but its output is detached: no gradient reaches it."""
+
         def __init__(self):
             super().__init__()
-            self.used = nn.Linear(64, 10)
-            self.unused = nn.Linear(3, 3)
+            self.first = nn.Linear(64, 16)
+            self.middle = nn.Linear(16, 16)
+            self.last = nn.Linear(16, 10)
 
         def forward(self, x):
-            return self.used(x.flatten(1))
+            h = torch.tanh(self.first(x.flatten(1)))
+            return self.last(h + self.middle(h).detach())
 
-    cb = fit_one_step(WithUnused(), tmp_path)
-    assert "net.unused" not in cb.first_norms
-    rows = {r["layer"]: r for r in csv.DictReader((tmp_path / "grad_norms.csv").open())}
-    assert rows["net.unused"]["grad_norm"] == ""
-    # The ratio is taken over the layers that have a gradient: a finite number, not NaN.
-    assert cb.ratios[0] == pytest.approx(1.0)
+    log = MemoryLogger()
+    cb = fit_one_step(DetachedMiddle(), tmp_path, logger=log)
+    assert "net.middle" not in cb.first_norms
+    logged = log.rows[0][1]
+    assert "grad_norm/net.middle" not in logged and "update_ratio/net.middle" not in logged
+    assert "weight_norm/net.middle" in logged  # its weights exist; they just did not move
+    rows = list(csv.DictReader((tmp_path / "grad_norms.csv").open()))
+    assert [(r["layer"], r["depth"]) for r in rows] == [
+        ("net.first", "1"),
+        ("net.middle", "2"),
+        ("net.last", "3"),
+    ]
+    assert rows[1]["grad_norm"] == "" and rows[1]["update_ratio"] == ""
+    # The ratio is taken over the layers that have a gradient: first / last, not NaN.
+    first, last = (
+        math.sqrt(sum(float(g.pow(2).sum()) for n, g in cb.grads.items() if n.startswith(layer)))
+        for layer in ("net.first.", "net.last.")
+    )
+    assert cb.ratios[0] == pytest.approx(first / last, rel=1e-6)
 
 
 def test_sigmoid_gradients_vanish_and_relu_he_gradients_do_not(tmp_path):
