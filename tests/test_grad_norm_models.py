@@ -581,3 +581,20 @@ def test_ten_thousand_residual_layers_in_depth_order(tmp_path):
     _, _, grads = probe.grads[1]
     want = layer_norm(grads, "net.inp") / layer_norm(grads, "net.out")
     assert cb.ratios[1] == pytest.approx(want, rel=1e-5)
+
+
+def test_max_norm_every_third_step(tmp_path):
+    torch.manual_seed(0)
+    probe, log = GradProbe(), MemoryLogger()
+    cb = GradientNormCallback(norm_type=float("inf"), log_every_n_steps=3)
+    trainer(tmp_path, [probe, cb], max_steps=7, logger=log).fit(Classifier(mlp()), loader(n=128))
+    assert sorted(log.values("grad_norm/total")) == [0, 3, 6]  # step 0 included
+    for step, _, grads in probe.grads:
+        if step % 3:
+            continue
+        for layer in ("net.0", "net.2", "net.6"):
+            want = max(float(g.abs().max()) for n, g in grads.items() if n.startswith(layer + "."))
+            assert log.values(f"grad_norm/{layer}")[step] == pytest.approx(want, rel=1e-6)
+        total = max(float(g.abs().max()) for g in grads.values())
+        assert log.values("grad_norm/total")[step] == pytest.approx(total, rel=1e-6)
+    assert cb.first_step == 0 and cb.summary()["initial_first_last_ratio"] == cb.ratios[0]
