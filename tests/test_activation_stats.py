@@ -89,3 +89,34 @@ def test_hooks_run_only_on_logging_steps_and_are_removed(tmp_path):
 def test_bad_arguments_are_refused(kwargs, message):
     with pytest.raises(ValueError, match=message):
         ActivationStatsCallback(**kwargs)
+
+
+def test_tanh_saturation_margin_scales_with_its_range(tmp_path):
+    """tanh spans (-1, 1): a margin of 0.02 of the range is 0.04 from either end."""
+
+    class Fixed(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.tanh = nn.Tanh()
+            self.out = nn.Linear(6, 10)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            # Outputs 0.97 and -0.97 (saturated), 0.95, -0.95, 0.5 and 0 (not): 2 of 6.
+            targets = torch.tensor([0.97, -0.97, 0.95, -0.95, 0.5, 0.0])
+            pre = torch.atanh(targets).expand(x.shape[0], 6) + 0 * x.flatten(1)[:, :6]
+            return self.out(self.tanh(pre))
+
+    log = MemoryLogger()
+    trainer = L.Trainer(
+        max_steps=1,
+        accelerator="cpu",
+        logger=log,
+        callbacks=[ActivationStatsCallback(log_every_n_steps=1, saturation_margin=0.02)],
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        limit_val_batches=0,
+        default_root_dir=tmp_path,
+    )
+    trainer.fit(ClassifierModule(Fixed(), num_classes=10), datamodule=DigitsDataModule(seed=0))
+    assert log.values("activation/net.tanh/saturation")[0] == pytest.approx(2 / 6)
