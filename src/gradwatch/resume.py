@@ -18,6 +18,7 @@ from typing import Any
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from gradwatch.checkpoint_io import UnsafeCheckpointError, atomic_write, load_plain
 from gradwatch.run_files import GRAD_NORMS_FILE
 from gradwatch.summary import SUMMARY_FILE, read_summary
 
@@ -27,10 +28,32 @@ CHECKPOINT_DIR = "checkpoints"
 STEP_CSVS = (GRAD_NORMS_FILE,)
 
 
+def _mtime(path: Path) -> float:
+    try:
+        return path.stat().st_mtime  # follows a last.ckpt link to its file
+    except OSError:  # a dangling link, or removed meanwhile
+        return float("-inf")
+
+
+def _loads(path: Path) -> bool:
+    try:
+        checkpoint = load_plain(path, mmap=True)
+    except Exception:
+        return False
+    return isinstance(checkpoint, dict) and "global_step" in checkpoint
+
+
 def last_checkpoint_in(run_dir: str | os.PathLike) -> Path | None:
-    """The newest ``*last*.ckpt`` in ``<run_dir>/checkpoints`` (Lightning's own rule)."""
-    candidates = Path(run_dir, CHECKPOINT_DIR).glob("*last*.ckpt")
-    return max(candidates, key=lambda p: p.stat().st_mtime, default=None)
+    """The newest complete checkpoint in ``<run_dir>/checkpoints``.
+
+    The newest ``*.ckpt`` (``last.ckpt`` when it is as new: it links to the newest epoch's
+    file), so a kill between an epoch's checkpoint and its ``last.ckpt`` link loses nothing.
+    A file that does not load as a checkpoint is passed over (checkpoints are written
+    atomically, so this is belt and braces).
+    """
+    found = [p for p in Path(run_dir, CHECKPOINT_DIR).glob("*.ckpt") if _mtime(p) > float("-inf")]
+    found.sort(key=lambda p: (_mtime(p), "last" in p.name), reverse=True)
+    return next((p for p in found if _loads(p)), None)
 
 
 def latest_last_checkpoint(log_dir: str | os.PathLike, task_name: str) -> Path | None:
@@ -124,8 +147,9 @@ def resolve_ckpt_path(cfg: DictConfig, run_dir: Path) -> Path | None:
 def load_checkpoint(path: Path, task_name: str) -> dict[str, Any]:
     """Load a Lightning checkpoint to CPU, or raise a ValueError that says what it is not."""
     try:
-        # Our own checkpoints hold the optimizer factory (a functools.partial): not weights-only.
-        checkpoint = torch.load(path, map_location="cpu", weights_only=False, mmap=True)
+        checkpoint = load_plain(path, mmap=True)  # weights_only=True: never runs its code
+    except UnsafeCheckpointError as err:
+        raise ValueError(f"ckpt_path={str(path)!r} refused: {err}") from None
     except Exception as err:
         raise ValueError(
             f"ckpt_path={str(path)!r} is not a Lightning checkpoint: torch.load failed "
@@ -181,12 +205,10 @@ def _rows_before(path: Path, step: int) -> tuple[list[str], list[dict[str, str]]
 
 
 def _write_rows(path: Path, fields: list[str], rows: list[dict[str, str]]) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    with tmp.open("w", newline="") as f:
+    with atomic_write(path, "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=fields)
         writer.writeheader()
         writer.writerows(rows)
-    os.replace(tmp, path)
 
 
 def checked_resume_step(

@@ -29,8 +29,12 @@ def read_summary(run_dir: str | os.PathLike) -> dict[str, Any]:
 def write_json(path: Path, data: dict[str, Any], **dumps: Any) -> None:
     """Write ``data`` as JSON atomically (a reader never sees half a file)."""
     tmp = path.with_suffix(f".json.{os.getpid()}.tmp")  # DDP ranks may write at once
-    tmp.write_text(json.dumps(data, indent=2, **dumps) + "\n")
-    os.replace(tmp, path)
+    try:
+        tmp.write_text(json.dumps(data, indent=2, **dumps) + "\n")
+        os.replace(tmp, path)
+    except BaseException:  # a full disk leaves no temporary file behind
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def update_summary(run_dir: str | os.PathLike, **fields: Any) -> dict[str, Any]:
