@@ -18,6 +18,7 @@ Example::
 from __future__ import annotations
 
 import contextlib
+import io
 import os
 import pickle
 import shutil
@@ -126,8 +127,12 @@ class AtomicCheckpointIO(TorchCheckpointIO):
             raise TypeError(f"{type(self).__name__} takes no storage_options.")
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
+        # Serialized in memory first (as Lightning does): torch's writer turns a failed
+        # write into a RuntimeError without the errno; a plain write keeps the OSError.
+        buffer = io.BytesIO()
+        torch.save(checkpoint, buffer)
         with atomic_write(path) as f:
-            torch.save(checkpoint, f)
+            f.write(buffer.getbuffer())
 
     @override
     def load_checkpoint(

@@ -109,9 +109,9 @@ class InterruptCheckpoint(L.Callback):
 
     def _on_sigterm_while_fitting(self, signum: int, frame: FrameType | None) -> None:
         """Lightning's handler, minus its collective call: a flag read at the step's end."""
-        if not self._stop_requested:
-            rank_zero_info(f"[pid {os.getpid()}] {self.signal or 'SIGTERM'}: stopping after this step")
-        self.signal = self.signal or "SIGTERM"
+        if self.signal is None:  # (Ctrl-C said so already)
+            rank_zero_info("SIGTERM: finishing this step, then saving last.ckpt")
+            self.signal = "SIGTERM"
         self._stop_requested = True
 
     def _stop_agreed(self, trainer: L.Trainer) -> bool:
@@ -142,13 +142,10 @@ class InterruptCheckpoint(L.Callback):
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         self.trainer_running = True
-        if stage != TrainerFn.FITTING:
-            return
-        self._stop_requested = False
         connector = getattr(trainer, "_signal_connector", None)
-        if connector is not None:  # what Lightning will install when fitting starts
+        if connector is not None:  # what Lightning installs when the stage starts
             connector._sigterm_notifier_fn = self._on_sigterm_while_fitting
-        if self._previous_sigint is None and _in_main_thread():
+        if stage == TrainerFn.FITTING and self._previous_sigint is None and _in_main_thread():
             self._previous_sigint = signal.signal(signal.SIGINT, self._on_sigint)
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
@@ -172,6 +169,9 @@ class InterruptCheckpoint(L.Callback):
         if self._previous_sigint is not None:
             signal.signal(signal.SIGINT, self._previous_sigint)
             self._previous_sigint = None
+        ending_well = trainer.state.status != TrainerStatus.INTERRUPTED  # no collectives if not
+        if stage != TrainerFn.FITTING and ending_well and self._stop_agreed(trainer):
+            raise SIGTERMException  # a signal during testing: the run ends interrupted
 
     # -- the checkpoint --------------------------------------------------------------
     def _last_path(self, trainer: L.Trainer) -> Path:
@@ -207,7 +207,7 @@ class InterruptCheckpoint(L.Callback):
             ours = isinstance(callback, ModelCheckpoint) and callback.save_last
             if ours and callback.dirpath and Path(callback.dirpath) == path.parent:
                 callback.last_model_path = str(path)
-        trainer.save_checkpoint(path)
+        trainer.save_checkpoint(path, weights_only=False)
         self.saved_path = path
         rank_zero_info(f"{self.signal}: saved {path} at step {trainer.global_step}")
 

@@ -52,7 +52,7 @@ def factory_config(factory: Callable | FactoryConfig | None) -> dict[str, Any] |
 
 def _factory(config: Callable | FactoryConfig | None, what: str) -> Callable | None:
     """A callable from a factory or its plain config."""
-    if config is None or callable(config) and not isinstance(config, Mapping):
+    if config is None or (callable(config) and not isinstance(config, Mapping)):
         return config  # type: ignore[return-value]
     if isinstance(config, DictConfig):
         config = OmegaConf.to_container(config, resolve=True)  # type: ignore[assignment]

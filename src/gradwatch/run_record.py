@@ -124,7 +124,9 @@ class RunRecord:
             for directory in (self.run_dir, self.run_dir / CHECKPOINT_DIR):
                 remove_stale_temps(directory)  # whatever our own writers left
             newest = last_checkpoint_in(self.run_dir)
-            kept = f"the newest whole checkpoint is {newest}" if newest else "no checkpoint was saved"
+            kept = (
+                f"the newest whole checkpoint is {newest}" if newest else "no checkpoint was saved"
+            )
             at = f" at step {step}" if step is not None else ""
             outcome = f"It ended{at}; {marked}; {kept}."
         return disk_error(err, self.run_dir, outcome)
@@ -140,7 +142,11 @@ class RunRecord:
                 checkpoint=None if checkpoint is None else str(checkpoint),
                 **extra,
             )
-        if self.writes:
+        if not self.writes:  # a DDP worker: where it stopped, to compare with rank 0
+            print(
+                f"[rank {rank_zero_only.rank}] stopped by {signal} at step {step}", file=sys.stderr
+            )
+        else:
             again = " ".join(
                 [*(o for o in _overrides() if not o.startswith("ckpt_path=")), f"ckpt_path={LAST}"]
             )

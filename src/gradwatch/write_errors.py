@@ -38,11 +38,15 @@ def find_disk_error(err: BaseException) -> OSError | None:
 
 
 def _path_like(value: object) -> str | None:
-    if isinstance(value, (str, os.PathLike)):
-        text = os.fspath(value)
-        return text if isinstance(text, str) and os.path.isabs(text) else None
-    name = getattr(value, "name", None)  # an open file
-    return name if isinstance(name, str) and os.path.isabs(name) else None
+    if not isinstance(value, (str, bytes, os.PathLike)):
+        value = getattr(value, "name", None)  # an open file
+        if not isinstance(value, (str, bytes)):
+            return None
+    try:
+        text = os.fsdecode(value)
+    except (TypeError, ValueError):
+        return None
+    return text if os.path.isabs(text) and "\n" not in text else None
 
 
 def _paths_in(tb: TracebackType | None) -> list[str]:
