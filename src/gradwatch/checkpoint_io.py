@@ -12,7 +12,9 @@
 
 Example::
 
-    trainer = L.Trainer(plugins=[AtomicCheckpointIO()], callbacks=[ModelCheckpoint(save_last="link")])
+    trainer = L.Trainer(
+        plugins=[AtomicCheckpointIO()], callbacks=[ModelCheckpoint(save_last="link")]
+    )
 """
 
 from __future__ import annotations
