@@ -18,10 +18,12 @@ makes SIGTERM raise like Ctrl-C does, so the run can still record why it ended.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from types import FrameType
 from typing import Any
@@ -32,7 +34,7 @@ import torch.distributed as dist
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.trainer.states import TrainerFn, TrainerStatus
 from lightning.pytorch.utilities.exceptions import SIGTERMException
-from lightning.pytorch.utilities.rank_zero import rank_zero_info
+from lightning.pytorch.utilities.rank_zero import rank_zero_info, rank_zero_only
 
 #: Exit codes of a process stopped by a signal, as shells report them.
 EXIT_CODES = {"SIGINT": 128 + signal.SIGINT, "SIGTERM": 128 + signal.SIGTERM}
@@ -40,9 +42,18 @@ EXIT_CODES = {"SIGINT": 128 + signal.SIGINT, "SIGTERM": 128 + signal.SIGTERM}
 LAUNCHER_ENV = "GRADWATCH_LAUNCHER_PID"
 
 
-def mark_launcher() -> None:
-    """Record this process as the launcher for the DDP workers Lightning may start."""
-    os.environ.setdefault(LAUNCHER_ENV, str(os.getpid()))
+@contextlib.contextmanager
+def launcher_marked() -> Iterator[None]:
+    """While fitting: this process is the launcher of the DDP workers Lightning may start
+    (they inherit the variable; it is gone afterwards, so other children never see it)."""
+    if LAUNCHER_ENV in os.environ:  # a worker, or a launch inside a launch
+        yield
+        return
+    os.environ[LAUNCHER_ENV] = str(os.getpid())
+    try:
+        yield
+    finally:
+        os.environ.pop(LAUNCHER_ENV, None)
 
 
 def wait_for_launcher(timeout_s: float = 60.0) -> None:
@@ -53,7 +64,7 @@ def wait_for_launcher(timeout_s: float = 60.0) -> None:
     could get the launcher killed before it wrote ``summary.json``. Elsewhere: no wait.
     """
     launcher = os.environ.get(LAUNCHER_ENV)
-    if launcher is None or launcher == str(os.getpid()):
+    if launcher is None or launcher == str(os.getpid()) or rank_zero_only.rank == 0:
         return
     deadline = time.monotonic() + timeout_s
     while str(os.getppid()) == launcher and time.monotonic() < deadline:

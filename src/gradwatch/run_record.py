@@ -23,8 +23,8 @@ from gradwatch.checkpoint_io import remove_stale_temps
 from gradwatch.provenance import launch_record, write_provenance
 from gradwatch.resume import CHECKPOINT_DIR, LAST, continue_step_logs, last_checkpoint_in
 from gradwatch.run_lock import RunLock
-from gradwatch.summary import SUMMARY_FILE, update_summary
-from gradwatch.write_errors import disk_error, find_disk_error
+from gradwatch.summary import SUMMARY_FILE, overwrite_summary, update_summary
+from gradwatch.write_errors import QuietThreadDiskErrors, disk_error, find_disk_error
 
 #: summary.json keys a run measures (DESIGN.md); ``None`` until it does.
 MEASURED_KEYS = (
@@ -53,10 +53,12 @@ class RunRecord:
         self.started = time.perf_counter()
         self.open = False
         self.lock = RunLock(run_dir)
+        self.thread_errors = QuietThreadDiskErrors()
 
     def begin(self) -> None:
         """Take the run's lock (rank 0), clear what a killed launch left, and say `running`
         in a new run (before anything else can fail). Raises ``RunLockedError``."""
+        self.thread_errors.install()
         if self.writes:
             self.lock.acquire()
             for directory in (self.run_dir, self.run_dir / CHECKPOINT_DIR):
@@ -69,6 +71,7 @@ class RunRecord:
 
     def close(self) -> None:
         self.lock.release()
+        self.thread_errors.remove()
 
     def _update(self, **fields: Any) -> dict[str, Any]:
         fields.setdefault("duration_s", round(time.perf_counter() - self.started, 3))
@@ -112,15 +115,20 @@ class RunRecord:
         """When ``err`` is a write that failed for lack of room or permission: mark the run
         failed if summary.json can still be written, and return one paragraph for the user
         (None for any other error)."""
-        if find_disk_error(err) is None:
+        found = find_disk_error(err)
+        if found is None:
             return None
         outcome = ""
         if self.writes:
+            marked = "summary.json says failed" if self.open else "summary.json is unchanged"
             try:
-                self.failed(err)
-                marked = "summary.json says failed" if self.open else "summary.json is unchanged"
+                self.failed(found)
             except OSError:
-                marked = "summary.json could not be updated either"
+                try:  # no room for a temporary file: the old file's room may do
+                    error = f"{type(found).__name__}: {found}"
+                    overwrite_summary(self.run_dir, status="failed", error=error)
+                except OSError:
+                    marked = "summary.json could not be updated either"
             for directory in (self.run_dir, self.run_dir / CHECKPOINT_DIR):
                 remove_stale_temps(directory)  # whatever our own writers left
             newest = last_checkpoint_in(self.run_dir)

@@ -24,7 +24,7 @@ from gradwatch.interrupt import (
     EXIT_CODES,
     InterruptCheckpoint,
     interrupted_by,
-    mark_launcher,
+    launcher_marked,
     wait_for_launcher,
 )
 from gradwatch.loggers import finish_wandb
@@ -86,8 +86,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         grad_cb = next((c for c in callbacks if isinstance(c, GradientNormCallback)), None)
         loggers = _loggers(cfg, record.log_from(step))
         trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
-        mark_launcher()  # DDP workers wait for it when interrupted
-        trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
+        with launcher_marked():  # DDP workers wait for it when interrupted
+            trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
         metrics = dict(trainer.callback_metrics)
         if cfg.get("test"):
             trainer.test(model, datamodule=datamodule, verbose=False)

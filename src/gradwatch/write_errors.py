@@ -10,6 +10,8 @@ from __future__ import annotations
 import errno
 import os
 import shutil
+import sys
+import threading
 from pathlib import Path
 from types import TracebackType
 
@@ -28,13 +30,39 @@ def _chain(err: BaseException | None) -> list[BaseException]:
 
 
 def find_disk_error(err: BaseException) -> OSError | None:
-    """The disk-full / read-only / permission ``OSError`` behind ``err``, if one is."""
+    """The disk-full / read-only / permission ``OSError`` behind ``err``, if one is: the
+    first that happened (the deepest in the chain), not a later write that failed too."""
+    found = None
     for e in _chain(err):
         if isinstance(e, OSError) and (
             e.errno in DISK_ERRNOS or (e.errno in PERMISSION_ERRNOS and e.filename)
         ):
-            return e
-    return None
+            found = e
+    return found
+
+
+class QuietThreadDiskErrors:
+    """While installed, a writer thread dying of a full disk (TensorBoard's event writer)
+    prints one line instead of a traceback; the writer raises the error again in the main
+    thread, where the run reports it. Other thread errors print as usual."""
+
+    def __init__(self) -> None:
+        self._previous: object = None
+
+    def _hook(self, args: threading.ExceptHookArgs) -> None:
+        if args.exc_value is not None and find_disk_error(args.exc_value) is not None:
+            name = args.thread.name if args.thread is not None else "a thread"
+            print(f"({name}: {args.exc_value})", file=sys.stderr)
+            return
+        self._previous(args)  # type: ignore[operator]
+
+    def install(self) -> None:
+        if self._previous is None:
+            self._previous, threading.excepthook = threading.excepthook, self._hook
+
+    def remove(self) -> None:
+        if self._previous is not None:
+            threading.excepthook, self._previous = self._previous, None  # type: ignore[assignment]
 
 
 def _path_like(value: object) -> str | None:
