@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import time
@@ -17,6 +18,7 @@ from gradwatch.checkpoint_io import load_plain
 from gradwatch.plots import read_grad_norms
 from gradwatch.summary import read_summary
 from tests.conftest import run_cli
+from tests.runs import TINY as RUN_TINY
 from tests.runs import checkpoint_step, grad_norm_rows, launch, only_run_dir, wait_until
 
 TINY = [
@@ -65,18 +67,9 @@ def test_ddp_on_gpus_trains(tmp_path):
 
 #: A ddp_cpu run long enough to be stopped mid-way: 19 steps an epoch per rank.
 LONG = [
-    "experiment=relu",
-    "model.net.depth=3",
-    "model.net.width=16",
-    "data.batch_size=32",
+    *(arg for arg in RUN_TINY if not arg.startswith(("callbacks", "trainer.max_epochs"))),
     "trainer=ddp_cpu",
     "trainer.max_epochs=30",
-    "trainer.limit_val_batches=1",
-    "trainer.num_sanity_val_steps=0",
-    "trainer.log_every_n_steps=1",
-    "trainer.enable_progress_bar=false",
-    "test=false",
-    "torch_threads=1",
     "logger=none",
 ]
 
@@ -123,7 +116,8 @@ def test_sigterm_to_any_ddp_process_stops_every_rank_at_one_step_and_resumes_exa
     summary = read_summary(run_dir)
     assert summary["status"] == "interrupted" and summary["interrupted_by"] == "SIGTERM"
     step = summary["steps"]
-    assert f"[rank 1] stopped by SIGTERM at step {step}\n" in stderr, stderr[-3000:]
+    # (Both processes write to one pipe: lines may interleave.)
+    assert re.findall(r"\[rank 1\] stopped by SIGTERM at step (\d+)", stderr) == [str(step)]
     assert stderr.count("SIGTERM: saved ") == 1
     assert checkpoint_step(run_dir / "checkpoints" / "last.ckpt") == step
     assert max(s for s, _ in grad_norm_rows(run_dir)) == step - 1

@@ -60,6 +60,19 @@ def fsync_dir(directory: Path) -> None:
 
 
 @contextlib.contextmanager
+def _swapped_in(tmp: Path, path: Path) -> Iterator[None]:
+    """Rename ``tmp`` (made in the block) over ``path``; on any error remove ``tmp``."""
+    try:
+        yield
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise
+    fsync_dir(path.parent)
+
+
+@contextlib.contextmanager
 def atomic_write(path: str | os.PathLike, mode: str = "wb", **kwargs: Any) -> Iterator[IO[Any]]:
     """Open a temporary file beside ``path``; on success fsync it and rename it to ``path``.
 
@@ -68,17 +81,10 @@ def atomic_write(path: str | os.PathLike, mode: str = "wb", **kwargs: Any) -> It
     """
     path = Path(path)
     tmp = temp_path(path)
-    try:
-        with open(tmp, mode, **kwargs) as f:
-            yield f
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
-        raise
-    fsync_dir(path.parent)
+    with _swapped_in(tmp, path), open(tmp, mode, **kwargs) as f:
+        yield f
+        f.flush()
+        os.fsync(f.fileno())
 
 
 def remove_stale_temps(directory: Path) -> list[Path]:
@@ -157,7 +163,7 @@ def replace_with_link(target: str | os.PathLike, link: str | os.PathLike) -> Non
     tmp = temp_path(link)
     with contextlib.suppress(FileNotFoundError):
         tmp.unlink()
-    try:
+    with _swapped_in(tmp, link):
         try:
             os.symlink(os.path.relpath(target, link.parent), tmp)
         except OSError:
@@ -166,12 +172,6 @@ def replace_with_link(target: str | os.PathLike, link: str | os.PathLike) -> Non
             except OSError:
                 with atomic_write(tmp) as f, open(target, "rb") as src:
                     shutil.copyfileobj(src, f)
-        os.replace(tmp, link)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
-        raise
-    fsync_dir(link.parent)
 
 
 class ModelCheckpoint(pl_callbacks.ModelCheckpoint):

@@ -127,13 +127,17 @@ class InterruptCheckpoint(L.Callback):
 
     def _stop_agreed(self, trainer: L.Trainer) -> bool:
         """Whether any rank was asked to stop (every rank gets the same answer)."""
-        if trainer.world_size > 1 and dist.is_available() and dist.is_initialized():
-            flag = torch.tensor([float(self._stop_requested)], device=trainer.strategy.root_device)
-            dist.all_reduce(flag, op=dist.ReduceOp.MAX)
-            if flag.item() > 0 and not self._stop_requested:
-                self._stop_requested = True
-                self.signal = self.signal or "SIGTERM"  # another rank got it
-        return self._stop_requested
+        if not (trainer.world_size > 1 and dist.is_available() and dist.is_initialized()):
+            return self._stop_requested
+        flag = torch.tensor([float(self._stop_requested)], device=trainer.strategy.root_device)
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+        # The reduced value, never the local flag again: a signal landing after the
+        # all-reduce would make this rank alone stop (it counts at the next step).
+        agreed = bool(flag.item() > 0)
+        if agreed:
+            self._stop_requested = True
+            self.signal = self.signal or "SIGTERM"  # another rank got it
+        return agreed
 
     def _stop_after_this_step(self, trainer: L.Trainer) -> None:
         connector = getattr(trainer, "_signal_connector", None)

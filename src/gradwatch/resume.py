@@ -11,6 +11,7 @@ from __future__ import annotations
 import csv
 import os
 import warnings
+from collections.abc import Iterable
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -43,24 +44,32 @@ def _loads(path: Path) -> bool:
     return isinstance(checkpoint, dict) and "global_step" in checkpoint
 
 
+def _newest_first(run_dirs: Iterable[Path]) -> list[Path]:
+    """The ``*.ckpt`` files in the runs' ``checkpoints/``, newest first (``last.ckpt`` first
+    among equals: it links to the newest epoch's file)."""
+    found = [
+        (mtime, "last" in p.name, p)
+        for run in run_dirs
+        for p in Path(run, CHECKPOINT_DIR).glob("*.ckpt")
+        if (mtime := _mtime(p)) > float("-inf")
+    ]
+    return [p for *_, p in sorted(found, key=lambda row: row[:2], reverse=True)]
+
+
 def last_checkpoint_in(run_dir: str | os.PathLike) -> Path | None:
     """The newest complete checkpoint in ``<run_dir>/checkpoints``.
 
-    The newest ``*.ckpt`` (``last.ckpt`` when it is as new: it links to the newest epoch's
-    file), so a kill between an epoch's checkpoint and its ``last.ckpt`` link loses nothing.
-    A file that does not load as a checkpoint is passed over (checkpoints are written
-    atomically, so this is belt and braces).
+    The newest ``*.ckpt``, so a kill between an epoch's checkpoint and its ``last.ckpt``
+    link loses nothing. A file that does not load as a checkpoint is passed over
+    (checkpoints are written atomically, so this is belt and braces).
     """
-    found = [p for p in Path(run_dir, CHECKPOINT_DIR).glob("*.ckpt") if _mtime(p) > float("-inf")]
-    found.sort(key=lambda p: (_mtime(p), "last" in p.name), reverse=True)
-    return next((p for p in found if _loads(p)), None)
+    return next((p for p in _newest_first([Path(run_dir)]) if _loads(p)), None)
 
 
 def latest_last_checkpoint(log_dir: str | os.PathLike, task_name: str) -> Path | None:
-    """The newest ``last.ckpt`` of any run of ``task_name`` under ``log_dir``."""
-    runs = Path(log_dir, task_name, "runs")
-    found = [ckpt for run in runs.glob("*") if (ckpt := last_checkpoint_in(run)) is not None]
-    return max(found, key=lambda p: p.stat().st_mtime, default=None)
+    """The newest complete checkpoint of any run of ``task_name`` under ``log_dir``."""
+    runs = Path(log_dir, task_name, "runs").glob("*")
+    return next((p for p in _newest_first(runs) if _loads(p)), None)
 
 
 def run_dir_of(ckpt: Path) -> Path | None:

@@ -1,8 +1,10 @@
 """One launch at a time per run directory: ``<run dir>/.lock``, held with ``fcntl.flock``.
 
 The lock belongs to the open file, so the kernel releases it when the process ends, however
-it ends (a ``kill -9`` included): a dead launch never leaves a run locked. The file holds the
-pid and command line of the launch holding it, so a refused launch can say who has the run.
+it ends (a ``kill -9`` included): a dead launch never leaves a run locked. A refused launch
+names the holder: its pid from ``/proc/locks`` (Linux), else the pid and command line the
+holder wrote into the file (:meth:`RunLock.record`, once its checks passed: a launch refused
+by them leaves the file as it was).
 """
 
 from __future__ import annotations
@@ -27,6 +29,21 @@ def _holder(path: Path) -> dict[str, Any]:
     with contextlib.suppress(OSError, ValueError):
         return json.loads(path.read_text())
     return {}
+
+
+def _locking_pid(path: Path) -> int | None:
+    """The pid holding a ``flock`` on ``path``, from ``/proc/locks`` (None if unknown)."""
+    try:
+        inode = path.stat().st_ino
+        lines = Path("/proc/locks").read_text().splitlines()
+    except OSError:
+        return None
+    for line in lines:
+        fields = line.split()  # "1: FLOCK ADVISORY WRITE <pid> <maj>:<min>:<inode> 0 EOF"
+        if len(fields) >= 6 and fields[1] == "FLOCK" and fields[5].endswith(f":{inode}"):
+            with contextlib.suppress(ValueError):
+                return int(fields[4])
+    return None
 
 
 def _command_of(pid: int) -> str | None:
@@ -76,20 +93,28 @@ class RunLock:
             os.close(fd)
             raise
         self._fd = fd
+
+    def record(self) -> None:
+        """Write who holds the lock into it (for a refused launch's message, where
+        ``/proc/locks`` cannot say). A full disk leaves the old record; the lock holds."""
+        if self._fd is None:
+            return
         record = {
             "pid": os.getpid(),
             "command": " ".join([Path(sys.executable).name, *sys.argv]),
             "since": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         }
-        try:  # who holds it: for the message of a refused launch only
-            os.ftruncate(fd, 0)
-            os.pwrite(fd, (json.dumps(record) + "\n").encode(), 0)
-        except OSError:  # a full disk: the lock holds all the same
-            pass
+        with contextlib.suppress(OSError):
+            os.ftruncate(self._fd, 0)
+            os.pwrite(self._fd, (json.dumps(record) + "\n").encode(), 0)
 
     def _refusal(self) -> str:
         holder = _holder(self.path)
-        pid = holder.get("pid")
+        pid = _locking_pid(self.path)
+        if pid is None or pid == holder.get("pid"):
+            pid = pid or holder.get("pid")
+        else:
+            holder = {}  # the file still names an earlier holder
         command = (_command_of(pid) if isinstance(pid, int) else None) or holder.get("command")
         who = f"process {pid}" if pid is not None else "another process"
         details = "".join(

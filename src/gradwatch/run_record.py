@@ -98,6 +98,7 @@ class RunRecord:
         self.open = True
         if not self.writes:
             return
+        self.lock.record()
         fields: dict[str, Any] = {}
         if self.continuing:  # the earlier launch's ending no longer holds
             continue_step_logs(self.run_dir, self.log_from(ckpt_step))
@@ -151,9 +152,8 @@ class RunRecord:
                 **extra,
             )
         if not self.writes:  # a DDP worker: where it stopped, to compare with rank 0
-            print(
-                f"[rank {rank_zero_only.rank}] stopped by {signal} at step {step}", file=sys.stderr
-            )
+            # One write: the ranks share a pipe, and print() writes the newline apart.
+            sys.stderr.write(f"[rank {rank_zero_only.rank}] stopped by {signal} at step {step}\n")
         else:
             again = " ".join(
                 [*(o for o in _overrides() if not o.startswith("ckpt_path=")), f"ckpt_path={LAST}"]
