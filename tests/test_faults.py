@@ -269,7 +269,7 @@ def test_a_read_only_disk_and_other_errors_are_told_apart(tmp_path):
 # -- a kill during a checkpoint save --------------------------------------------------------
 KILL_POINTS = {
     # name: (what to patch in the saving process, whether the new file is in place after)
-    "mid-write": ("write", False),
+    "mid-write": ("write", False),  # the temporary file is cut to half its size, then killed
     "before-fsync": ("os.fsync", False),
     "before-rename": ("os.replace", False),
     "after-rename": ("gradwatch.checkpoint_io.fsync_dir", True),
