@@ -18,7 +18,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 from gradwatch.data import TensorBatches
 from gradwatch.interrupt import InterruptCheckpoint
-from gradwatch.resume import drop_rows_from_step
+from gradwatch.step_csv import drop_rows_from
 from gradwatch.summary import read_summary
 from gradwatch.train import train
 from tests.conftest import run_cli
@@ -134,7 +134,8 @@ def test_sigterm_saves_last_ckpt_marks_the_run_interrupted_and_it_resumes_exactl
     assert [launch["resumed_from_step"] for launch in launches] == [None, stopped]
 
     # TensorBoard continues in the same directory: every step once.
-    events = EventAccumulator(str(run_dir / "tensorboard"))
+    (tb_run,) = (run_dir / "tensorboard").iterdir()  # one folder, named after the run
+    events = EventAccumulator(str(tb_run))
     events.Reload()
     steps = [scalar.step for scalar in events.Scalars("grad_norm/total")]
     assert steps == list(range(TINY_STEPS))
@@ -195,16 +196,16 @@ def test_tensor_batches_resume_mid_epoch_at_the_next_batch():
     assert len(list(resumed)) == 6
 
 
-def test_drop_rows_from_step_keeps_earlier_rows_and_the_header(tmp_path):
+def test_drop_rows_from_keeps_earlier_rows_and_the_header(tmp_path):
     path = tmp_path / "grad_norms.csv"
     path.write_text("step,layer,depth,grad_norm\n0,a,1,1.0\n1,a,1,2.0\n2,a,1,3.0\n3,a,1,\n")
-    assert drop_rows_from_step(path, 2) == 2
+    assert drop_rows_from(path, 2) == 2
     assert path.read_text().splitlines() == [
         "step,layer,depth,grad_norm",
         "0,a,1,1.0",
         "1,a,1,2.0",
     ]
-    assert drop_rows_from_step(path, 2) == 0
+    assert drop_rows_from(path, 2) == 0
 
 
 def test_relaunch_in_the_same_directory_without_a_checkpoint_starts_its_logs_over(tmp_path):

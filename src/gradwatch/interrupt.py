@@ -1,30 +1,74 @@
 """Ctrl-C (SIGINT) and SIGTERM stop training cleanly: finish the step, save last.ckpt, exit.
 
-While a Trainer runs, Lightning turns SIGTERM into a flag that stops training at the next
-batch boundary (raising ``SIGTERMException``, on every DDP rank at the same step).
-``InterruptCheckpoint`` routes the first Ctrl-C through the same path, so the checkpoint it
-then saves never holds a half-done step; a second Ctrl-C stops at once without saving.
+While fitting, :class:`InterruptCheckpoint` replaces Lightning's SIGTERM handler with one
+that only raises a flag, and decides at the end of every training step whether to stop:
+alone, from its own flag; under DDP, from every rank's flag (an all-reduce), so a SIGTERM
+to any one process (the launcher or a worker) stops every rank after the same step. The
+stop goes through Lightning's own path (``SIGTERMException`` at the end of the step, its
+logs written), then one ``last.ckpt`` is saved (rank 0 writes it). The first Ctrl-C takes
+the same path; a second one stops at once without saving.
+
+Lightning's own handler (2.6) is replaced because it calls ``torch.distributed.broadcast``
+*inside the signal handler*: the ranks then run mismatched collectives and wait for each
+other forever (and a signal to a worker reaches no other rank).
+
 Outside the Trainer (building the model, loading data), :meth:`InterruptCheckpoint.catch_sigterm`
 makes SIGTERM raise like Ctrl-C does, so the run can still record why it ended.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import threading
+import time
+from collections.abc import Iterator
 from pathlib import Path
 from types import FrameType
 from typing import Any
 
 import lightning as L
+import torch
+import torch.distributed as dist
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.trainer.states import TrainerFn, TrainerStatus
 from lightning.pytorch.utilities.exceptions import SIGTERMException
-from lightning.pytorch.utilities.rank_zero import rank_zero_info
+from lightning.pytorch.utilities.rank_zero import rank_zero_info, rank_zero_only
 
 #: Exit codes of a process stopped by a signal, as shells report them.
 EXIT_CODES = {"SIGINT": 128 + signal.SIGINT, "SIGTERM": 128 + signal.SIGTERM}
+#: Set by the process that launches the run; DDP workers started by Lightning inherit it.
+LAUNCHER_ENV = "GRADWATCH_LAUNCHER_PID"
+
+
+@contextlib.contextmanager
+def launcher_marked() -> Iterator[None]:
+    """While fitting: this process is the launcher of the DDP workers Lightning may start
+    (they inherit the variable; it is gone afterwards, so other children never see it)."""
+    if LAUNCHER_ENV in os.environ:  # a worker, or a launch inside a launch
+        yield
+        return
+    os.environ[LAUNCHER_ENV] = str(os.getpid())
+    try:
+        yield
+    finally:
+        os.environ.pop(LAUNCHER_ENV, None)
+
+
+def wait_for_launcher(timeout_s: float = 60.0) -> None:
+    """In a DDP worker that Lightning started: return once the launching process has ended.
+
+    Lightning's launcher SIGKILLs every process (itself included) a few seconds after a
+    worker exits with a non-zero code; an interrupted worker (exit 143) that left first
+    could get the launcher killed before it wrote ``summary.json``. Elsewhere: no wait.
+    """
+    launcher = os.environ.get(LAUNCHER_ENV)
+    if launcher is None or launcher == str(os.getpid()) or rank_zero_only.rank == 0:
+        return
+    deadline = time.monotonic() + timeout_s
+    while str(os.getppid()) == launcher and time.monotonic() < deadline:
+        time.sleep(0.05)
 
 
 def _in_main_thread() -> bool:
@@ -52,6 +96,7 @@ class InterruptCheckpoint(L.Callback):
         self.saved_path: Path | None = None
         self.trainer_running = False  # Lightning's own SIGTERM handler is active
         self._training = False  # the checkpoint has been restored and steps are being taken
+        self._stop_requested = False  # a signal came in while fitting: stop after this step
         self._previous_sigint: Any = None
         self._previous_sigterm: Any = None
 
@@ -71,6 +116,36 @@ class InterruptCheckpoint(L.Callback):
         if not self.trainer_running:
             self.signal = self.signal or "SIGTERM"
             raise SIGTERMException
+        self._on_sigterm_while_fitting(signum, frame)
+
+    def _on_sigterm_while_fitting(self, signum: int, frame: FrameType | None) -> None:
+        """Lightning's handler, minus its collective call: a flag read at the step's end."""
+        if self.signal is None:  # (Ctrl-C said so already)
+            rank_zero_info("SIGTERM: finishing this step, then saving last.ckpt")
+            self.signal = "SIGTERM"
+        self._stop_requested = True
+
+    def _stop_agreed(self, trainer: L.Trainer) -> bool:
+        """Whether any rank was asked to stop (every rank gets the same answer)."""
+        if not (trainer.world_size > 1 and dist.is_available() and dist.is_initialized()):
+            return self._stop_requested
+        flag = torch.tensor([float(self._stop_requested)], device=trainer.strategy.root_device)
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+        # The reduced value, never the local flag again: a signal landing after the
+        # all-reduce would make this rank alone stop (it counts at the next step).
+        agreed = bool(flag.item() > 0)
+        if agreed:
+            self._stop_requested = True
+            self.signal = self.signal or "SIGTERM"  # another rank got it
+        return agreed
+
+    def _stop_after_this_step(self, trainer: L.Trainer) -> None:
+        connector = getattr(trainer, "_signal_connector", None)
+        if connector is not None and hasattr(connector, "received_sigterm"):
+            # Lightning raises SIGTERMException at the end of the step, its logs written.
+            connector.received_sigterm = True
+        else:  # another Lightning: stop here
+            raise SIGTERMException
 
     # -- SIGINT -> Lightning's SIGTERM path while fitting -------------------------------
     def _on_sigint(self, signum: int, frame: FrameType | None) -> None:
@@ -82,13 +157,26 @@ class InterruptCheckpoint(L.Callback):
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         self.trainer_running = True
+        connector = getattr(trainer, "_signal_connector", None)
+        if connector is not None:  # what Lightning installs when the stage starts
+            connector._sigterm_notifier_fn = self._on_sigterm_while_fitting
         if stage == TrainerFn.FITTING and self._previous_sigint is None and _in_main_thread():
             self._previous_sigint = signal.signal(signal.SIGINT, self._on_sigint)
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._training = True
+        if _in_main_thread():  # whatever Lightning installed: ours
+            signal.signal(signal.SIGTERM, self._on_sigterm)
+
+    def on_train_batch_end(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, *args: Any, **kwargs: Any
+    ) -> None:
+        if self._stop_agreed(trainer):
+            self._stop_after_this_step(trainer)
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self._stop_agreed(trainer):  # the last step: stop before testing
+            raise SIGTERMException
         self._training = False
 
     def teardown(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
@@ -96,6 +184,9 @@ class InterruptCheckpoint(L.Callback):
         if self._previous_sigint is not None:
             signal.signal(signal.SIGINT, self._previous_sigint)
             self._previous_sigint = None
+        ending_well = trainer.state.status != TrainerStatus.INTERRUPTED  # no collectives if not
+        if stage != TrainerFn.FITTING and ending_well and self._stop_agreed(trainer):
+            raise SIGTERMException  # a signal during testing: the run ends interrupted
 
     # -- the checkpoint --------------------------------------------------------------
     def _last_path(self, trainer: L.Trainer) -> Path:
@@ -131,7 +222,7 @@ class InterruptCheckpoint(L.Callback):
             ours = isinstance(callback, ModelCheckpoint) and callback.save_last
             if ours and callback.dirpath and Path(callback.dirpath) == path.parent:
                 callback.last_model_path = str(path)
-        trainer.save_checkpoint(path)
+        trainer.save_checkpoint(path, weights_only=False)
         self.saved_path = path
         rank_zero_info(f"{self.signal}: saved {path} at step {trainer.global_step}")
 

@@ -2,15 +2,65 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import functools
+from collections.abc import Callable, Mapping
+from typing import Any
 
 import lightning as L
 import torch
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
 from torch import nn
 from torchmetrics.classification import MulticlassAccuracy
 
 OptimizerFactory = Callable[..., torch.optim.Optimizer]
 SchedulerFactory = Callable[..., torch.optim.lr_scheduler.LRScheduler]
+#: ``{"_target_": "torch.optim.Adam", "lr": 1e-3, ...}``: a factory as plain data.
+FactoryConfig = Mapping[str, Any]
+
+
+def _plain(value: Any) -> bool:
+    if isinstance(value, (list, tuple)):
+        return all(_plain(v) for v in value)
+    if isinstance(value, dict):
+        return all(isinstance(k, str) and _plain(v) for k, v in value.items())
+    return value is None or isinstance(value, (bool, int, float, str))
+
+
+def factory_config(factory: Callable | FactoryConfig | None) -> dict[str, Any] | None:
+    """A factory as plain data (what checkpoints keep): its Hydra-style config.
+
+    ``functools.partial(torch.optim.Adam, lr=1e-3)`` and the config Hydra made it from
+    both give ``{"_target_": "torch.optim.Adam", "_partial_": True, "lr": 0.001}``. Any
+    other callable gives ``{"_repr_": repr(factory)}`` (recorded, but not rebuildable).
+    """
+    if factory is None:
+        return None
+    if isinstance(factory, DictConfig):
+        factory = OmegaConf.to_container(factory, resolve=True)  # type: ignore[assignment]
+    if isinstance(factory, Mapping):
+        config = {str(k): v for k, v in factory.items()}
+        return {**config, "_partial_": True} if "_target_" in config else config
+    if isinstance(factory, functools.partial) and not factory.args:
+        func = factory.func
+        target = f"{getattr(func, '__module__', '')}.{getattr(func, '__qualname__', '')}"
+        keywords = dict(factory.keywords)
+        if "<" not in target and _plain(keywords):
+            return {"_target_": target, "_partial_": True, **keywords}
+    return {"_repr_": repr(factory)}
+
+
+def _factory(config: Callable | FactoryConfig | None, what: str) -> Callable | None:
+    """A callable from a factory or its plain config."""
+    if config is None or (callable(config) and not isinstance(config, Mapping)):
+        return config  # type: ignore[return-value]
+    if isinstance(config, DictConfig):
+        config = OmegaConf.to_container(config, resolve=True)  # type: ignore[assignment]
+    if "_target_" not in config:
+        raise ValueError(
+            f"model.{what} must be a callable or a config with _target_, got {dict(config)!r}."
+        )
+    return instantiate({**config, "_partial_": True})
 
 
 class ClassifierModule(L.LightningModule):
@@ -19,23 +69,34 @@ class ClassifierModule(L.LightningModule):
     Args:
         net: any ``nn.Module`` mapping a batch of inputs to logits.
         num_classes: number of classes (for accuracy).
-        optimizer: ``params -> Optimizer`` (Hydra passes a ``_partial_`` config);
-            defaults to Adam with lr 1e-3, as in the article.
-        scheduler: optional ``optimizer -> LRScheduler``, stepped every epoch.
+        optimizer: ``params -> Optimizer`` (Hydra passes a ``_partial_`` config), or its
+            config as a mapping with ``_target_``; defaults to Adam with lr 1e-3, as in the
+            article.
+        scheduler: optional ``optimizer -> LRScheduler`` (or its config), stepped every epoch.
+
+    The hyperparameters (``self.hparams``, kept in checkpoints) are plain data:
+    ``num_classes`` and the optimizer's and scheduler's configs (:func:`factory_config`), so
+    a checkpoint loads with ``torch.load(weights_only=True)`` and
+    ``ClassifierModule.load_from_checkpoint(path, net=...)`` rebuilds the optimizer.
     """
 
     def __init__(
         self,
         net: nn.Module,
         num_classes: int,
-        optimizer: OptimizerFactory | None = None,
-        scheduler: SchedulerFactory | None = None,
+        optimizer: OptimizerFactory | FactoryConfig | None = None,
+        scheduler: SchedulerFactory | FactoryConfig | None = None,
     ) -> None:
         super().__init__()
-        self.save_hyperparameters(ignore=["net"], logger=False)
+        hparams = {
+            "num_classes": num_classes,
+            "optimizer": factory_config(optimizer),
+            "scheduler": factory_config(scheduler),
+        }
+        self.save_hyperparameters(hparams, logger=False)
         self.net = net
-        self.optimizer_factory = optimizer
-        self.scheduler_factory = scheduler
+        self.optimizer_factory = _factory(optimizer, "optimizer")
+        self.scheduler_factory = _factory(scheduler, "scheduler")
         self.loss_fn = nn.CrossEntropyLoss()
         # ModuleDict keys cannot shadow nn.Module attributes such as `train`.
         self.accuracy = nn.ModuleDict(

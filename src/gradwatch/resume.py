@@ -8,9 +8,9 @@ the interrupted launch after the checkpoint's step are dropped, so no step appea
 
 from __future__ import annotations
 
-import csv
 import os
 import warnings
+from collections.abc import Iterable
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -18,26 +18,55 @@ from typing import Any
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from gradwatch.run_files import GRAD_NORMS_FILE
+from gradwatch.checkpoint_io import UnsafeCheckpointError, load_plain
+from gradwatch.step_csv import rows_before, write_rows
 from gradwatch.summary import SUMMARY_FILE, read_summary
 
 LAST = "last"
 CHECKPOINT_DIR = "checkpoints"
-#: Our CSV file with a ``step`` column, cut back on resume (Lightning's CSVLogger: below).
-STEP_CSVS = (GRAD_NORMS_FILE,)
+
+
+def _mtime(path: Path) -> float:
+    try:
+        return path.stat().st_mtime  # follows a last.ckpt link to its file
+    except OSError:  # a dangling link, or removed meanwhile
+        return float("-inf")
+
+
+def _loads(path: Path) -> bool:
+    try:
+        checkpoint = load_plain(path, mmap=True)
+    except Exception:
+        return False
+    return isinstance(checkpoint, dict) and "global_step" in checkpoint
+
+
+def _newest_first(run_dirs: Iterable[Path]) -> list[Path]:
+    """The ``*.ckpt`` files in the runs' ``checkpoints/``, newest first (``last.ckpt`` first
+    among equals: it links to the newest epoch's file)."""
+    found = [
+        (mtime, "last" in p.name, p)
+        for run in run_dirs
+        for p in Path(run, CHECKPOINT_DIR).glob("*.ckpt")
+        if (mtime := _mtime(p)) > float("-inf")
+    ]
+    return [p for *_, p in sorted(found, key=lambda row: row[:2], reverse=True)]
 
 
 def last_checkpoint_in(run_dir: str | os.PathLike) -> Path | None:
-    """The newest ``*last*.ckpt`` in ``<run_dir>/checkpoints`` (Lightning's own rule)."""
-    candidates = Path(run_dir, CHECKPOINT_DIR).glob("*last*.ckpt")
-    return max(candidates, key=lambda p: p.stat().st_mtime, default=None)
+    """The newest complete checkpoint in ``<run_dir>/checkpoints``.
+
+    The newest ``*.ckpt``, so a kill between an epoch's checkpoint and its ``last.ckpt``
+    link loses nothing. A file that does not load as a checkpoint is passed over
+    (checkpoints are written atomically, so this is belt and braces).
+    """
+    return next((p for p in _newest_first([Path(run_dir)]) if _loads(p)), None)
 
 
 def latest_last_checkpoint(log_dir: str | os.PathLike, task_name: str) -> Path | None:
-    """The newest ``last.ckpt`` of any run of ``task_name`` under ``log_dir``."""
-    runs = Path(log_dir, task_name, "runs")
-    found = [ckpt for run in runs.glob("*") if (ckpt := last_checkpoint_in(run)) is not None]
-    return max(found, key=lambda p: p.stat().st_mtime, default=None)
+    """The newest complete checkpoint of any run of ``task_name`` under ``log_dir``."""
+    runs = Path(log_dir, task_name, "runs").glob("*")
+    return next((p for p in _newest_first(runs) if _loads(p)), None)
 
 
 def run_dir_of(ckpt: Path) -> Path | None:
@@ -124,8 +153,9 @@ def resolve_ckpt_path(cfg: DictConfig, run_dir: Path) -> Path | None:
 def load_checkpoint(path: Path, task_name: str) -> dict[str, Any]:
     """Load a Lightning checkpoint to CPU, or raise a ValueError that says what it is not."""
     try:
-        # Our own checkpoints hold the optimizer factory (a functools.partial): not weights-only.
-        checkpoint = torch.load(path, map_location="cpu", weights_only=False, mmap=True)
+        checkpoint = load_plain(path, mmap=True)  # weights_only=True: never runs its code
+    except UnsafeCheckpointError as err:
+        raise ValueError(f"ckpt_path={str(path)!r} refused: {err}") from None
     except Exception as err:
         raise ValueError(
             f"ckpt_path={str(path)!r} is not a Lightning checkpoint: torch.load failed "
@@ -169,26 +199,6 @@ def check_same_network(checkpoint: dict[str, Any], model: torch.nn.Module, path:
     )
 
 
-def _rows_before(path: Path, step: int) -> tuple[list[str], list[dict[str, str]], int]:
-    """The header, the rows with ``step < step``, and how many rows were dropped."""
-    with path.open(newline="") as f:
-        reader = csv.DictReader(f)
-        fields, rows = list(reader.fieldnames or []), list(reader)
-    if "step" not in fields:
-        return fields, rows, 0
-    kept = [row for row in rows if not (row["step"] and int(float(row["step"])) >= step)]
-    return fields, kept, len(rows) - len(kept)
-
-
-def _write_rows(path: Path, fields: list[str], rows: list[dict[str, str]]) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    with tmp.open("w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=fields)
-        writer.writeheader()
-        writer.writerows(rows)
-    os.replace(tmp, path)
-
-
 def checked_resume_step(
     ckpt_path: Path | None, model: torch.nn.Module, task_name: str
 ) -> int | None:
@@ -200,16 +210,6 @@ def checked_resume_step(
     return int(checkpoint["global_step"])
 
 
-def drop_rows_from_step(path: Path, step: int) -> int:
-    """Remove rows with ``step >= step`` from a CSV that has a ``step`` column; returns how many."""
-    if not path.is_file():
-        return 0
-    fields, kept, dropped = _rows_before(path, step)
-    if dropped:
-        _write_rows(path, fields, kept)
-    return dropped
-
-
 def continue_csv_logger(logger: Any, step: int) -> None:
     """Lightning's CSVLogger deletes ``metrics.csv`` when it starts; keep the rows before ``step``.
 
@@ -218,15 +218,9 @@ def continue_csv_logger(logger: Any, step: int) -> None:
     path = Path(logger.log_dir) / "metrics.csv"
     if not path.is_file():
         return
-    fields, kept, _ = _rows_before(path, step)
+    fields, kept, _ = rows_before(path, step)
     with warnings.catch_warnings():  # "Previous log files ... will be deleted": not for long
         warnings.filterwarnings("ignore", message="Experiment logs directory")
         writer = logger.experiment  # creating the writer deletes metrics.csv
-    _write_rows(path, fields, kept)
+    write_rows(path, fields, kept)
     writer.metrics_keys = fields  # later saves append under this header (or widen it)
-
-
-def continue_step_logs(run_dir: Path, step: int) -> None:
-    """Make the run's CSV logs end just before ``step``, where the resumed training starts."""
-    for name in STEP_CSVS:
-        drop_rows_from_step(run_dir / name, step)

@@ -3,7 +3,9 @@
 ``summary.json`` says ``running`` while a launch trains, then ``completed``, ``failed``
 (with ``error``) or ``interrupted`` (with ``interrupted_by`` and ``checkpoint``). A launch
 that continues an earlier run's directory (a resume) touches nothing there until its config
-and checkpoint have been checked, so a bad resume loses nothing. Only global rank 0 writes.
+and checkpoint have been checked, so a bad resume loses nothing. Only global rank 0 writes,
+and only while it holds the run's lock (:class:`~gradwatch.run_lock.RunLock`): a second
+launch on the same run directory is refused before it writes anything.
 """
 
 from __future__ import annotations
@@ -17,9 +19,12 @@ from hydra.core.hydra_config import HydraConfig
 from lightning.pytorch.utilities.rank_zero import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
+from gradwatch.checkpoint_io import remove_stale_temps
 from gradwatch.provenance import launch_record, write_provenance
-from gradwatch.resume import LAST, continue_step_logs
-from gradwatch.summary import SUMMARY_FILE, update_summary
+from gradwatch.resume import CHECKPOINT_DIR, LAST, last_checkpoint_in
+from gradwatch.run_lock import RunLock
+from gradwatch.summary import SUMMARY_FILE, overwrite_summary, update_summary
+from gradwatch.write_errors import QuietThreadDiskErrors, disk_error, find_disk_error
 
 #: summary.json keys a run measures (DESIGN.md); ``None`` until it does.
 MEASURED_KEYS = (
@@ -46,9 +51,27 @@ class RunRecord:
         self.writes = rank_zero_only.rank == 0
         self.continuing = (run_dir / SUMMARY_FILE).exists()
         self.started = time.perf_counter()
+        self.open = False
+        self.lock = RunLock(run_dir)
+        self.thread_errors = QuietThreadDiskErrors()
+
+    def begin(self) -> None:
+        """Take the run's lock (rank 0), clear what a killed launch left, and say `running`
+        in a new run (before anything else can fail). Raises ``RunLockedError``."""
+        self.thread_errors.install()
+        if self.writes:
+            self.lock.acquire()
+            for directory in (self.run_dir, self.run_dir / CHECKPOINT_DIR):
+                remove_stale_temps(directory)
+            for tmp in self.run_dir.glob(f"{SUMMARY_FILE}.*.tmp"):
+                tmp.unlink(missing_ok=True)
         self.open = not self.continuing
-        if self.open:  # a new run says `running` before anything can fail
+        if self.open:
             self._running()
+
+    def close(self) -> None:
+        self.lock.release()
+        self.thread_errors.remove()
 
     def _update(self, **fields: Any) -> dict[str, Any]:
         fields.setdefault("duration_s", round(time.perf_counter() - self.started, 3))
@@ -75,9 +98,10 @@ class RunRecord:
         self.open = True
         if not self.writes:
             return
+        self.lock.record()
         fields: dict[str, Any] = {}
-        if self.continuing:  # the earlier launch's ending no longer holds
-            continue_step_logs(self.run_dir, self.log_from(ckpt_step))
+        if self.continuing:  # the earlier launch's ending no longer holds (grad_norms.csv: its
+            # callback keeps the rows before the checkpoint's step)
             fields = {"error": None, "interrupted_by": None, "checkpoint": None}
         if ckpt_path is not None:
             fields.update(resumed_from=str(ckpt_path), resumed_from_step=ckpt_step)
@@ -87,6 +111,34 @@ class RunRecord:
     def failed(self, err: BaseException, extra: dict | None = None) -> None:
         if self.open:  # a resume that failed its checks leaves the earlier record as it was
             self._update(status="failed", error=f"{type(err).__name__}: {err}", **(extra or {}))
+
+    def write_failed(self, err: BaseException, step: int | None) -> str | None:
+        """When ``err`` is a write that failed for lack of room or permission: mark the run
+        failed if summary.json can still be written, and return one paragraph for the user
+        (None for any other error)."""
+        found = find_disk_error(err)
+        if found is None:
+            return None
+        outcome = ""
+        if self.writes:
+            marked = "summary.json says failed" if self.open else "summary.json is unchanged"
+            try:
+                self.failed(found)
+            except OSError:
+                try:  # no room for a temporary file: the old file's room may do
+                    error = f"{type(found).__name__}: {found}"
+                    overwrite_summary(self.run_dir, status="failed", error=error)
+                except OSError:
+                    marked = "summary.json could not be updated either"
+            for directory in (self.run_dir, self.run_dir / CHECKPOINT_DIR):
+                remove_stale_temps(directory)  # whatever our own writers left
+            newest = last_checkpoint_in(self.run_dir)
+            kept = (
+                f"the newest whole checkpoint is {newest}" if newest else "no checkpoint was saved"
+            )
+            at = f" at step {step}" if step is not None else ""
+            outcome = f"It ended{at}; {marked}; {kept}."
+        return disk_error(err, self.run_dir, outcome)
 
     def interrupted(
         self, signal: str, step: int | None, checkpoint: Path | None, extra: dict
@@ -99,7 +151,10 @@ class RunRecord:
                 checkpoint=None if checkpoint is None else str(checkpoint),
                 **extra,
             )
-        if self.writes:
+        if not self.writes:  # a DDP worker: where it stopped, to compare with rank 0
+            # One write: the ranks share a pipe, and print() writes the newline apart.
+            sys.stderr.write(f"[rank {rank_zero_only.rank}] stopped by {signal} at step {step}\n")
+        else:
             again = " ".join(
                 [*(o for o in _overrides() if not o.startswith("ckpt_path=")), f"ckpt_path={LAST}"]
             )

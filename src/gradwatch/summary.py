@@ -29,8 +29,12 @@ def read_summary(run_dir: str | os.PathLike) -> dict[str, Any]:
 def write_json(path: Path, data: dict[str, Any], **dumps: Any) -> None:
     """Write ``data`` as JSON atomically (a reader never sees half a file)."""
     tmp = path.with_suffix(f".json.{os.getpid()}.tmp")  # DDP ranks may write at once
-    tmp.write_text(json.dumps(data, indent=2, **dumps) + "\n")
-    os.replace(tmp, path)
+    try:
+        tmp.write_text(json.dumps(data, indent=2, **dumps) + "\n")
+        os.replace(tmp, path)
+    except BaseException:  # a full disk leaves no temporary file behind
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def update_summary(run_dir: str | os.PathLike, **fields: Any) -> dict[str, Any]:
@@ -40,3 +44,18 @@ def update_summary(run_dir: str | os.PathLike, **fields: Any) -> dict[str, Any]:
     summary = {**read_summary(run_dir), **_jsonable(fields)}
     write_json(path, summary, sort_keys=True)
     return summary
+
+
+def overwrite_summary(run_dir: str | os.PathLike, **fields: Any) -> None:
+    """Merge ``fields`` into ``summary.json`` by rewriting the file in place: the last resort
+    on a full disk, where the atomic write's temporary file has no room but the old file's
+    blocks do. Not atomic: only for recording how a run failed."""
+    path = Path(run_dir) / SUMMARY_FILE
+    summary = {**read_summary(run_dir), **_jsonable(fields)}
+    data = (json.dumps(summary, indent=2, sort_keys=True) + "\n").encode()
+    fd = os.open(path, os.O_WRONLY)
+    try:
+        os.pwrite(fd, data, 0)
+        os.ftruncate(fd, len(data))
+    finally:
+        os.close(fd)

@@ -6,6 +6,7 @@ python -m gradwatch.train experiment=relu ckpt_path=last   # resume the newest r
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -21,9 +22,16 @@ from omegaconf import DictConfig, OmegaConf
 
 from gradwatch.callbacks import GradientNormCallback
 from gradwatch.console import print_job_line, print_report
-from gradwatch.interrupt import EXIT_CODES, InterruptCheckpoint, interrupted_by
+from gradwatch.interrupt import (
+    EXIT_CODES,
+    InterruptCheckpoint,
+    interrupted_by,
+    launcher_marked,
+    wait_for_launcher,
+)
 from gradwatch.loggers import finish_wandb, log_run_config
 from gradwatch.resume import checked_resume_step, continue_csv_logger, resolve_ckpt_path
+from gradwatch.run_lock import refusal
 from gradwatch.run_record import RunRecord
 from gradwatch.sweep import multirun_job
 from gradwatch.validate import validate_config
@@ -61,6 +69,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     trainer = grad_cb = None
     try:
         stopper.catch_sigterm()
+        record.begin()  # the run's lock: one launch per run directory
         validate_config(cfg)
         ckpt_path = resolve_ckpt_path(cfg, record.run_dir)
         if cfg.get("torch_threads"):
@@ -80,37 +89,45 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         loggers = _loggers(cfg, record.log_from(step))
         log_run_config(loggers, cfg)  # dashboards: the resolved config as hyperparameters
         trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
-        trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=False)
+        with launcher_marked():  # DDP workers wait for it when interrupted
+            trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
         metrics = dict(trainer.callback_metrics)
         if cfg.get("test"):
             trainer.test(model, datamodule=datamodule, verbose=False)
             metrics.update(trainer.callback_metrics)
+        summary = record.completed(
+            **(grad_cb.summary() if grad_cb is not None else {}),
+            val_acc=_metric(metrics, "val/acc"),
+            test_acc=_metric(metrics, "test/acc"),
+            steps=trainer.global_step,
+        )
+        if (
+            trainer.is_global_zero
+            and HydraConfig.initialized()
+            and HydraConfig.get().mode == RunMode.MULTIRUN
+        ):
+            print_job_line(summary, list(HydraConfig.get().overrides.task), record.run_dir)
+        elif trainer.is_global_zero:
+            print_report(summary, grad_cb, record.run_dir)
     except BaseException as err:
+        step = trainer.global_step if trainer is not None else None
+        # A full or read-only disk, whichever writer hit it, or a run in use: one paragraph.
+        paragraph = record.write_failed(err, step) or refusal(err)
+        if paragraph is not None:
+            print(paragraph, file=sys.stderr)
+            raise SystemExit(1) from None
         signal = interrupted_by(err, trainer, stopper)
         if not signal:
             record.failed(err, grad_cb.summary() if grad_cb is not None else {})
             raise
-        step = trainer.global_step if trainer is not None else None
         extra = grad_cb.summary() if grad_cb is not None else {}
         record.interrupted(signal, step, stopper.saved_path, extra)
+        wait_for_launcher()  # a DDP worker leaves after the launcher, never before
         raise SystemExit(EXIT_CODES[signal]) from None
     finally:
         stopper.release_sigterm()
         finish_wandb()  # so multirun jobs never share a W&B run
-    summary = record.completed(
-        **(grad_cb.summary() if grad_cb is not None else {}),
-        val_acc=_metric(metrics, "val/acc"),
-        test_acc=_metric(metrics, "test/acc"),
-        steps=trainer.global_step,
-    )
-    if (
-        trainer.is_global_zero
-        and HydraConfig.initialized()
-        and HydraConfig.get().mode == RunMode.MULTIRUN
-    ):
-        print_job_line(summary, list(HydraConfig.get().overrides.task), record.run_dir)
-    elif trainer.is_global_zero:
-        print_report(summary, grad_cb, record.run_dir)
+        record.close()
     summary["metrics"] = {k: float(v) for k, v in metrics.items()}
     return summary
 

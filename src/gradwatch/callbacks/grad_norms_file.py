@@ -2,39 +2,16 @@
 
 from __future__ import annotations
 
-import csv
-import os
 import time
 from pathlib import Path
 
 from lightning.pytorch.utilities import rank_zero_warn
 
+from gradwatch.step_csv import drop_rows_from
+
 COLUMNS = ("step", "layer", "depth", "grad_norm", "weight_norm", "update_ratio", "optimizer")
 #: The file reaches the disk at least this often (and at every checkpoint and at the end).
 FLUSH_SECONDS = 2.0
-
-
-def drop_rows_from(path: Path, step: int, columns: tuple[str, ...] | None = None) -> int:
-    """Remove the rows with ``step >= step`` from a CSV with a ``step`` column, under the
-    header ``columns`` when given (written to a temporary file in the same directory, then
-    renamed); returns how many rows went."""
-    if not path.is_file():
-        return 0
-    with path.open(newline="") as f:
-        reader = csv.DictReader(f)
-        fields, rows = list(reader.fieldnames or []), list(reader)
-    if "step" not in fields:
-        return 0
-    kept = [row for row in rows if not (row["step"] and int(float(row["step"])) >= step)]
-    header = list(columns or fields)
-    if len(kept) < len(rows) or header != fields:
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        with tmp.open("w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=header, extrasaction="ignore")
-            writer.writeheader()
-            writer.writerows(kept)
-        os.replace(tmp, path)
-    return len(rows) - len(kept)
 
 
 class GradNormsFile:
@@ -49,7 +26,7 @@ class GradNormsFile:
     def open(self, resume_step: int | None) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         if resume_step is not None and self.path.is_file():
-            drop_rows_from(self.path, resume_step, COLUMNS)
+            drop_rows_from(self.path, resume_step, list(COLUMNS))
             self._file = self.path.open("a", newline="")
             return
         if self.path.is_file() and self.path.stat().st_size:

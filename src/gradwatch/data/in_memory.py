@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import random
+from typing import Any
+
 import lightning as L
+import numpy as np
 import torch
 
 from gradwatch.data.batches import TensorBatches
@@ -140,6 +144,34 @@ class InMemoryDataModule(L.LightningDataModule):
 
     def _move(self, device: torch.device) -> None:
         self.splits = {k: (x.to(device), y.to(device)) for k, (x, y) in self.splits.items()}
+
+    # -- state in checkpoints --------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        """The global random number generators (torch CPU and current CUDA device, NumPy,
+        Python) as plain data: restored on resume, so anything drawing from them during
+        training (dropout, augmentation, a user's callback) continues as if never stopped.
+        The batch order needs nothing here: it is a function of (seed, epoch)."""
+        keys = np.random.get_state(legacy=True)
+        state: dict[str, Any] = {
+            "torch_rng": torch.get_rng_state(),
+            "numpy_rng": (keys[0], torch.from_numpy(keys[1].astype(np.int64)), *keys[2:]),
+            "python_rng": random.getstate(),
+        }
+        if torch.cuda.is_available() and torch.cuda.is_initialized():
+            state["cuda_rng"] = torch.cuda.get_rng_state()
+        return state
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        if "torch_rng" in state_dict:
+            torch.set_rng_state(state_dict["torch_rng"])
+        if "numpy_rng" in state_dict:
+            name, keys, *rest = state_dict["numpy_rng"]
+            np.random.set_state((name, keys.numpy().astype(np.uint32), *rest))
+        if "python_rng" in state_dict:
+            version, internal, gauss = state_dict["python_rng"]
+            random.setstate((version, tuple(internal), gauss))
+        if "cuda_rng" in state_dict and torch.cuda.is_available():
+            torch.cuda.set_rng_state(state_dict["cuda_rng"])
 
     # -- per batch ---------------------------------------------------------------------
     def augment_batch(self, x: torch.Tensor) -> torch.Tensor:

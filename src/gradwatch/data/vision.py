@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import torch
 
@@ -84,6 +84,9 @@ class CIFAR10DataModule(VisionDataModule):
 
     Training batches get a random crop after zero padding and a random horizontal flip,
     as batched tensor ops on the batch's device; validation and test batches never do.
+    The draws come from a generator of their own, seeded with ``seed`` and saved in every
+    checkpoint (:meth:`state_dict`), so a resumed run gets the crops and flips the
+    uninterrupted run would have had.
 
     Args:
         augment: turn the training augmentation on or off.
@@ -112,8 +115,18 @@ class CIFAR10DataModule(VisionDataModule):
             raise ValueError(f"data.crop_padding must be an integer >= 0, got {crop_padding!r}.")
         self.augment = bool(augment)
         self.crop_padding = crop_padding
+        self.augment_generator = torch.Generator().manual_seed(seed)
 
     def augment_batch(self, x: torch.Tensor) -> torch.Tensor:
         if not self.augment:
             return x
-        return random_hflip(random_crop(x, self.crop_padding))
+        crop = random_crop(x, self.crop_padding, generator=self.augment_generator)
+        return random_hflip(crop, generator=self.augment_generator)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {**super().state_dict(), "augment_rng": self.augment_generator.get_state()}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        super().load_state_dict(state_dict)
+        if "augment_rng" in state_dict:
+            self.augment_generator.set_state(state_dict["augment_rng"])
