@@ -13,6 +13,8 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 from torchmetrics.classification import MulticlassAccuracy
 
+from gradwatch.schedule import lightning_logs_at
+
 OptimizerFactory = Callable[..., torch.optim.Optimizer]
 SchedulerFactory = Callable[..., torch.optim.lr_scheduler.LRScheduler]
 #: ``{"_target_": "torch.optim.Adam", "lr": 1e-3, ...}``: a factory as plain data.
@@ -121,15 +123,14 @@ class ClassifierModule(L.LightningModule):
 
         ``self.log`` costs a millisecond or more per call on a CPU (Lightning moves its
         result collection to the value's device every call), which is a tenth of a small
-        network's step. The trainer only writes step metrics every ``log_every_n_steps``
-        (the ``+ 1``: Lightning counts the step being run), so log the loss on those steps
-        only, or every step while a progress bar shows it.
+        network's step. The trainer only writes step metrics on its logging steps
+        (:mod:`gradwatch.schedule`), so log the loss on those steps only, or every step
+        while a progress bar shows it.
         """
         trainer = self._trainer
         if trainer is None or trainer.progress_bar_callback is not None:
             return True
-        every = trainer.log_every_n_steps
-        return every > 0 and (trainer.global_step + 1) % every == 0
+        return lightning_logs_at(trainer.global_step, trainer.log_every_n_steps)
 
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
         loss = self._step(batch, "train")

@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from gradwatch.callbacks.layers import stable_name
-from gradwatch.callbacks.schedule import check_interval, logs_at
+from gradwatch.schedule import check_interval, logs_at
 
 #: Activations whose flat ends kill the gradient: output range (low, high).
 SATURATING: dict[type[nn.Module], tuple[float, float]] = {
@@ -54,7 +54,8 @@ class ActivationStatsCallback(L.Callback):
         trainer = L.Trainer(callbacks=[ActivationStatsCallback(log_every_n_steps=50)])
 
     Args:
-        log_every_n_steps: measure every this many optimizer steps (step 0 always);
+        log_every_n_steps: measure on step 0 and every this many optimizer steps, on the
+            steps Lightning writes its own step metrics (``n-1, 2n-1, ...``);
             ``None`` follows ``trainer.log_every_n_steps``.
         saturation_margin: distance from an end of the output range that counts as saturated.
     """

@@ -18,9 +18,9 @@ from gradwatch.callbacks.diagnosis import EXPLODING_RATIO, VANISHING_RATIO, Diag
 from gradwatch.callbacks.grad_norms_file import GradNormsFile
 from gradwatch.callbacks.layers import Layer, find_layers, select_layers
 from gradwatch.callbacks.norms import elements_finite, group, local_tensors, tensor_norms, to_host
-from gradwatch.callbacks.schedule import check_interval, logs_at
 from gradwatch.callbacks.sinks import log_figure, log_histograms
 from gradwatch.run_files import GRAD_NORMS_FILE, GRADIENT_FLOW_FILE
+from gradwatch.schedule import check_interval, lightning_logs_at, logs_at
 
 #: Aggregate keys under ``grad_norm/``; a layer of the same name is logged as ``<name>[layer]``.
 AGGREGATES = ("total", "first_last_ratio", "clipped_total", "amp_skipped", "amp_scale")
@@ -139,7 +139,8 @@ class GradientNormCallback(L.Callback):
 
     Args:
         norm_type: the p of the p-norm (``float("inf")`` for the max norm).
-        log_every_n_steps: log every this many optimizer steps (step 0 always);
+        log_every_n_steps: log on step 0 and every this many optimizer steps, on the steps
+            Lightning writes its own step metrics (``n-1, 2n-1, ...``, see ``gradwatch.schedule``);
             ``None`` follows ``trainer.log_every_n_steps``.
         vanishing_ratio: a first/last ratio below this is judged vanishing.
         exploding_ratio: a first/last ratio above this is judged exploding.
@@ -374,7 +375,7 @@ class GradientNormCallback(L.Callback):
             torch._foreach_copy_(opt.weights_before, params)
         self._pending = _Pending(opt, trainer.global_step, with_grad, norms, weights)
         every = self.histogram_every_n_steps
-        if every and step % every == 0 and trainer.is_global_zero:
+        if every and logs_at(step, every, trainer) and trainer.is_global_zero:
             self._log_histograms(trainer, opt, with_grad)
 
     @staticmethod
@@ -542,7 +543,7 @@ class GradientNormCallback(L.Callback):
             logger.log_metrics(metrics, step=step)
         self._write_rows(step, opt, grads, has_grad, weights, updates)
         every = self.figure_every_n_steps
-        if every and step % every == 0 and step > 0:
+        if every and lightning_logs_at(step, every):
             self._draw_figure(trainer, step)
 
     def _write_rows(self, step, opt, grads, has_grad, weights, updates) -> None:
