@@ -14,7 +14,7 @@ import lightning as L
 import torch
 from lightning.pytorch.utilities import rank_zero_warn
 
-from gradwatch.callbacks.diagnosis import EXPLODING_RATIO, VANISHING_RATIO, Diagnosis, diagnose
+from gradwatch.verdict import EXPLODING_RATIO, VANISHING_RATIO, Diagnosis, diagnose
 from gradwatch.callbacks.layers import (
     ForwardOrder,
     Layer,
