@@ -121,8 +121,8 @@ def _batchnorm_explosion(ours: bool) -> str:
         "deviation and removes the batch mean, and the backward pass of that normalization, "
         "composed with the layer and the activation, multiplies the gradient by a factor above "
         "1 (the smaller the batch, the larger), once per layer. "
-        f"Put the BatchNorm inside residual blocks ({skips}) or use fewer layers; clipping "
-        "only bounds the step."
+        f"Put the BatchNorm inside residual blocks ({skips}) or use fewer layers; "
+        f"{_fix('clip', ours)} only bounds the step."
     )
 
 
@@ -133,7 +133,7 @@ def _nonfinite_advice(layer: str | None, step: int | None, ours: bool) -> str:
     )
 
 
-def _advice(verdict: str, ratio: float, reasons: list[str], ours: bool) -> str:
+def _advice(verdict: str, ratio: float, reasons: list[str], ours: bool, batchnorm: bool) -> str:
     f = lambda name: _fix(name, ours)  # noqa: E731
     if reasons:  # a signal, not the ratio, decided it
         said = (
@@ -154,9 +154,10 @@ def _advice(verdict: str, ratio: float, reasons: list[str], ours: bool) -> str:
         )
     if verdict == "vanishing":
         return (
-            f"{said} As the article advises: {f('relu_he')}, {f('batchnorm')}, and "
-            f"{f('residual')}."
+            f"{said} As the article advises: {f('relu_he')}, {f('batchnorm')}, and {f('residual')}."
         )
+    if batchnorm:
+        return f"{said}{_batchnorm_explosion(ours)}"
     return f"{said} {f('clip').capitalize()}, {f('lr')}, {f('batchnorm')} or {f('scale')}."
 
 
@@ -311,7 +312,5 @@ def diagnose(
     if verdict == "stalled":
         advice = _stalled_advice(reasons, ratio, ours)
     else:
-        advice = _advice(verdict, ratio, reasons, ours)
-    if verdict == "exploding" and batchnorm:
-        advice += _batchnorm_explosion(ours)
+        advice = _advice(verdict, ratio, reasons, ours, batchnorm)
     return Diagnosis(verdict, ratio, advice, tuple(reasons))

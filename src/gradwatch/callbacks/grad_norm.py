@@ -14,7 +14,6 @@ import lightning as L
 import torch
 from lightning.pytorch.utilities import rank_zero_warn
 
-from gradwatch.verdict import EXPLODING_RATIO, VANISHING_RATIO, Diagnosis, diagnose
 from gradwatch.callbacks.layers import (
     ForwardOrder,
     Layer,
@@ -26,6 +25,7 @@ from gradwatch.callbacks.schedule import check_interval, logs_at
 from gradwatch.callbacks.sinks import log_figure, log_histograms
 from gradwatch.run_files import GRAD_NORMS_FILE, GRADIENT_FLOW_FILE
 from gradwatch.summary import update_summary
+from gradwatch.verdict import EXPLODING_RATIO, VANISHING_RATIO, Diagnosis, diagnose
 
 CSV_COLUMNS = ("step", "layer", "depth", "grad_norm", "weight_norm", "update_ratio")
 #: grad_norms.csv reaches the disk at least this often (and at the end of fit, or on error).

@@ -9,12 +9,12 @@ from gradwatch.nets.residual import BRANCH_INITS, BranchBlock
 __all__ = [
     "ACTIVATIONS",
     "BRANCH_INITS",
-    "BranchBlock",
     "CNN",
     "CONV_NORMS",
     "INITS",
     "MLP",
     "NORMS",
+    "BranchBlock",
     "ResidualBlock",
     "ResidualMLPBlock",
     "init_weights",

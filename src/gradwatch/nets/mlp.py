@@ -124,8 +124,7 @@ class MLP(nn.Module):
                 )
             else:
                 blocks = (
-                    ResidualMLPBlock(width, activation, norm_cls, branch_init)
-                    for _ in range(depth)
+                    ResidualMLPBlock(width, activation, norm_cls, branch_init) for _ in range(depth)
                 )
             self.hidden_layers = nn.ModuleList(blocks)
             if self.article_blocks:
