@@ -144,7 +144,6 @@ def _build_seconds(depth: int) -> float:
 
 def test_building_grows_linearly_with_depth():
     """Four times the blocks take about four times as long, not sixteen (no O(L^2) work)."""
-    torch.set_num_threads(1)
     small, large = _build_seconds(200), _build_seconds(800)
     assert large < 8 * small, (small, large)
 

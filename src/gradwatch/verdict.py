@@ -215,19 +215,24 @@ def _stall_reasons(
                 f"{stds[-1]:.2g} at the last (x{trend:.2g}), so little of the input reaches "
                 "the classifier"
             )
-    dead_share = _mean(dead)
-    if dead_share is not None and dead_share >= DEAD_SHARE:
-        stalled.append(
-            f"{dead_share:.0%} of the ReLU units (mean over layers) are zero for every example "
-            "of a batch: the examples' representations have collapsed onto nearly one "
-            "direction, so every input gets nearly the same output"
-        )
-    saturated = _mean(saturation)
-    if saturated is not None and saturated >= SATURATED_SHARE:
-        stalled.append(
-            f"{saturated:.0%} of the sigmoid/tanh outputs (mean over layers) sit on the flat "
-            "ends of the curve, where the derivative is near zero"
-        )
+    collapse = (
+        (
+            _mean(dead),
+            DEAD_SHARE,
+            "of the ReLU units (mean over layers) are zero for every example of a batch: the "
+            "examples' representations have collapsed onto nearly one direction, so every "
+            "input gets nearly the same output",
+        ),
+        (
+            _mean(saturation),
+            SATURATED_SHARE,
+            "of the sigmoid/tanh outputs (mean over layers) sit on the flat ends of the curve, "
+            "where the derivative is near zero",
+        ),
+    )
+    for share, threshold, what in collapse:
+        if share is not None and share >= threshold:
+            stalled.append(f"{share:.0%} {what}")
     if loss_start is not None and loss_end is not None and math.isfinite(loss_start):
         if not math.isfinite(loss_end) or loss_end > (1 - MIN_LOSS_DROP) * loss_start:
             stalled.append(
