@@ -148,7 +148,8 @@ def test_claims_fail_when_the_numbers_disagree(tmp_path):
 
 def deep_sweep(root: Path, rezero_1000_acc: float) -> list:
     """A small deep sweep: plain ReLU at 10 and 100, residual nets at 100 and 1,000 blocks."""
-    make_job(root, 0, "relu", 10, initial_first_last_ratio=0.4, val_acc=0.93)
+    # 243/270 correct, as float32 stores it (just below 0.9): it counts as trained.
+    make_job(root, 0, "relu", 10, initial_first_last_ratio=0.4, val_acc=0.8999999761581421)
     make_job(root, 1, "relu", 100, initial_first_last_ratio=0.5, val_acc=0.31)
     make_job(root, 2, "deep_rezero", 100, initial_first_last_ratio=1.1, val_acc=0.95)
     make_job(root, 3, "deep_fixup", 100, initial_first_last_ratio=1.2, val_acc=0.40)
@@ -166,7 +167,7 @@ def test_hundreds_of_layers_is_measured_by_depth_with_the_numbers(tmp_path):
     assert "depth 1,000: deep_rezero 0.920" in claim.evidence
     row = _claim(claims, "Skip connections in ResNets")
     assert row.result == PASS
-    assert "deepest plain: relu at depth 10 (val acc 0.930" in row.evidence
+    assert "deepest plain: relu at depth 10 (val acc 0.900" in row.evidence
     assert "deepest residual: deep_rezero at depth 1,000 (val acc 0.920" in row.evidence
 
 
