@@ -38,8 +38,9 @@ With Adam every weight moves by about the learning rate per step whatever its gr
 and through the identity path every block sees the same output gradient: the steps of
 thousands of zero-initialized last layers all push the output the same way and add up, so
 ``zero`` with Adam (lr 1e-3) stops learning at 1,000 blocks and overflows at 10,000, while
-``rezero`` (one scalar per block) and ``fixup`` (branches scaled by ``L^(-1/2)``) train at
-10,000 (measured: ``make sweep SWEEP=deep``, README).
+``rezero`` (one scalar per block) and ``fixup`` (branches scaled by ``L^(-1/2)``) keep
+learning at 10,000 (val acc 0.92 and 0.86 after 50 steps on digits: ``make sweep
+SWEEP=deep``, README).
 """
 
 from __future__ import annotations
