@@ -18,8 +18,21 @@ from gradwatch.verdict import EXPLODING_RATIO, VANISHING_RATIO
 #: The verdict's healthy band (gradwatch.verdict is torch-free: the report imports it).
 HEALTHY_BAND = (VANISHING_RATIO, EXPLODING_RATIO)
 
-# The article's order; other experiments follow alphabetically.
-EXPERIMENT_ORDER = ["sigmoid", "tanh", "relu", "batchnorm", "residual"]
+# The article's order, then the deep sweep's (sweep=deep); other experiments follow
+# alphabetically.
+EXPERIMENT_ORDER = [
+    "sigmoid",
+    "tanh",
+    "relu",
+    "batchnorm",
+    "residual",
+    "deep_plain_sigmoid",
+    "deep_plain_relu",
+    "deep_standard",
+    "deep_zero",
+    "deep_rezero",
+    "deep_fixup",
+]
 # Every bundled dataset (digits, MNIST, Fashion-MNIST, CIFAR-10) has ten classes.
 CHANCE_ACCURACY = 0.1
 
@@ -32,11 +45,13 @@ def experiments(jobs: Iterable[Job]) -> list[str]:
 
 
 def _color(experiment: str) -> object:
+    """One color per known experiment; tab20 holds tab10's ten colors at even positions and
+    a lighter twin of each at odd ones, used from the eleventh name on."""
     if experiment in EXPERIMENT_ORDER:
         index = EXPERIMENT_ORDER.index(experiment)
     else:  # stable across runs, unlike hash()
-        index = len(EXPERIMENT_ORDER) + sum(map(ord, experiment)) % 5
-    return plt.get_cmap("tab10")(index)
+        index = len(EXPERIMENT_ORDER) + sum(map(ord, experiment)) % (20 - len(EXPERIMENT_ORDER))
+    return plt.get_cmap("tab20")(2 * index if index < 10 else 2 * (index - 10) + 1)
 
 
 def by_experiment(jobs: Iterable[Job]) -> dict[str, list[Job]]:
