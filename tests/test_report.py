@@ -19,6 +19,7 @@ NETS = {
     "relu": {"activation": "relu", "init": "kaiming_normal", "norm": "none", "residual": False},
     "residual": {"activation": "relu", "init": "kaiming_normal", "norm": "batch", "residual": True},
 }
+NETS["deep_rezero"] = NETS["deep_fixup"] = {**NETS["relu"], "residual": True}
 
 
 def make_job(root: Path, number: int, experiment: str, depth: int, **summary) -> Path:
@@ -143,6 +144,49 @@ def test_claims_fail_when_the_numbers_disagree(tmp_path):
         "very deep networks",
     ):
         assert _claim(claims, text).result == FAIL, text
+
+
+def deep_sweep(root: Path, rezero_1000_acc: float) -> list:
+    """A small deep sweep: plain ReLU at 10 and 100, residual nets at 100 and 1,000 blocks."""
+    # 243/270 correct, as float32 stores it (just below 0.9): it counts as trained.
+    make_job(root, 0, "relu", 10, initial_first_last_ratio=0.4, val_acc=0.8999999761581421)
+    make_job(root, 1, "relu", 100, initial_first_last_ratio=0.5, val_acc=0.31)
+    make_job(root, 2, "deep_rezero", 100, initial_first_last_ratio=1.1, val_acc=0.95)
+    make_job(root, 3, "deep_fixup", 100, initial_first_last_ratio=1.2, val_acc=0.40)
+    make_job(root, 4, "deep_rezero", 1000, initial_first_last_ratio=1.3, val_acc=rezero_1000_acc)
+    make_job(root, 5, "deep_fixup", 1000, status="failed", error="RuntimeError: boom")
+    return check_claims(collect_jobs(root))
+
+
+def test_hundreds_of_layers_is_measured_by_depth_with_the_numbers(tmp_path):
+    claims = deep_sweep(tmp_path / "m", rezero_1000_acc=0.92)
+    claim = _claim(claims, "hundreds of layers")
+    # depth 100: the best residual net (rezero, 0.95) trains; depth 1,000: rezero 0.92.
+    assert claim.result == PASS
+    assert "depth 100: deep_rezero 0.950, deep_fixup 0.400 (plain relu: 0.310)" in claim.evidence
+    assert "depth 1,000: deep_rezero 0.920" in claim.evidence
+    row = _claim(claims, "Skip connections in ResNets")
+    assert row.result == PASS
+    assert "deepest plain: relu at depth 10 (val acc 0.900" in row.evidence
+    assert "deepest residual: deep_rezero at depth 1,000 (val acc 0.920" in row.evidence
+
+
+def test_hundreds_of_layers_fails_when_no_residual_net_trains_at_a_depth(tmp_path):
+    claims = deep_sweep(tmp_path / "m", rezero_1000_acc=0.35)
+    claim = _claim(claims, "hundreds of layers")
+    assert claim.result == FAIL and "depth 1,000: deep_rezero 0.350" in claim.evidence
+    # The deepest residual net that trains (100) is still deeper than the plain one (10).
+    row = _claim(claims, "Skip connections in ResNets")
+    assert row.result == PASS and "deep_rezero at depth 100 " in row.evidence
+
+
+def test_deepest_plain_vs_residual_fails_when_plain_goes_as_deep(tmp_path):
+    root = tmp_path / "m"
+    make_job(root, 0, "relu", 100, initial_first_last_ratio=0.5, val_acc=0.92)
+    make_job(root, 1, "deep_rezero", 100, initial_first_last_ratio=1.0, val_acc=0.95)
+    make_job(root, 2, "deep_rezero", 1000, initial_first_last_ratio=1.0, val_acc=0.2)
+    row = _claim(check_claims(collect_jobs(root)), "Skip connections in ResNets")
+    assert row.result == FAIL and "relu at depth 100" in row.evidence
 
 
 @pytest.fixture(scope="module")

@@ -11,7 +11,6 @@ import lightning as L
 from lightning.pytorch.loggers import Logger, TensorBoardLogger, WandbLogger
 from lightning.pytorch.utilities import rank_zero_only, rank_zero_warn
 
-from gradwatch.callbacks.diagnosis import Diagnosis
 from gradwatch.callbacks.grad_norm import GradientNormCallback
 from gradwatch.loggers.hparams import (
     FINAL_RATIO,
@@ -21,6 +20,7 @@ from gradwatch.loggers.hparams import (
     VERDICT_CODES,
 )
 from gradwatch.run_files import GRAD_NORMS_FILE
+from gradwatch.verdict import Diagnosis
 
 #: W&B chart keys: every layer's log10 gradient norm against the step, and against depth.
 LAYERS_CHART = "charts/grad_norm_per_layer"

@@ -16,6 +16,7 @@ from torch import nn
 
 from gradwatch.nets.activations import make_activation
 from gradwatch.nets.init import init_weights
+from gradwatch.nets.residual import BranchBlock, check_branch_init, init_branches
 from gradwatch.registry import choose, require_positive
 
 CONV_NORMS: dict[str, Callable[[int], nn.Module] | None] = {
@@ -30,7 +31,7 @@ def _norm(name: str, channels: int) -> nn.Module:
     return nn.Identity() if factory is None else factory(channels)
 
 
-class ResidualBlock(nn.Module):
+class ResidualBlock(BranchBlock):
     """The article's block: ``act(bn2(conv2(act(bn1(conv1(x))))) + x)``.
 
     Args:
@@ -38,25 +39,28 @@ class ResidualBlock(nn.Module):
         activation: a name from :data:`gradwatch.nets.ACTIVATIONS` (the article: relu).
         norm: ``batch`` (the article), ``layer`` or ``none``.
         residual: add the identity skip; ``False`` gives the plain two-conv block.
+        branch_init: ``standard`` (the article), ``zero``, ``rezero`` or ``fixup``: see
+            :mod:`gradwatch.nets.residual`. The network applies it after its ``init``.
     """
 
-    def __init__(
-        self, channels: int, activation: str = "relu", norm: str = "batch", residual: bool = True
-    ) -> None:
-        super().__init__()
-        self.conv1 = nn.Conv2d(channels, channels, 3, padding=1)
-        self.bn1 = _norm(norm, channels)
-        self.conv2 = nn.Conv2d(channels, channels, 3, padding=1)
-        self.bn2 = _norm(norm, channels)
-        self.act = make_activation(activation)
-        self.residual = bool(residual)
+    NAMES = ("conv1", "bn1", "conv2", "bn2")
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = self.act(self.bn1(self.conv1(x)))
-        out = self.bn2(self.conv2(out))
-        if self.residual:
-            out = out + x  # the skip: gradients flow straight through
-        return self.act(out)
+    def __init__(
+        self,
+        channels: int,
+        activation: str = "relu",
+        norm: str = "batch",
+        residual: bool = True,
+        branch_init: str = "standard",
+    ) -> None:
+        check_branch_init(branch_init, norm, residual)
+        super().__init__(
+            lambda bias: nn.Conv2d(channels, channels, 3, padding=1, bias=bias),
+            lambda: _norm(norm, channels),
+            make_activation(activation),
+            residual,
+            branch_init,
+        )
 
 
 class ConvNormAct(nn.Sequential):
@@ -83,6 +87,9 @@ class CNN(nn.Module):
         norm: ``batch``, ``layer`` (GroupNorm with one group) or ``none``.
         residual: identity skips in every block.
         init_scale, bias_init: as for :class:`gradwatch.nets.MLP`.
+        branch_init: how each block's branch starts (``standard``, ``zero``, ``rezero``,
+            ``fixup``; see :mod:`gradwatch.nets.residual`); with ``zero``, ``rezero`` or
+            ``fixup`` the blocks train without normalization at thousands of blocks.
     """
 
     def __init__(
@@ -98,6 +105,7 @@ class CNN(nn.Module):
         residual: bool = True,
         init_scale: float = 1.0,
         bias_init: str = "default",
+        branch_init: str = "standard",
     ) -> None:
         super().__init__()
         require_positive("model.net.depth", depth)
@@ -106,6 +114,7 @@ class CNN(nn.Module):
         require_positive("num_classes", num_classes)
         make_activation(activation)  # validate names before building anything
         choose("norm", norm, CONV_NORMS)
+        check_branch_init(branch_init, norm, residual)
         shape = tuple(input_shape)
         if len(shape) != 3:
             raise ValueError(
@@ -122,11 +131,15 @@ class CNN(nn.Module):
                 blocks.append(ConvNormAct(channels, channels * 2, 2, activation, norm))
                 channels *= 2
             n_blocks = depth // stages + (1 if i < depth % stages else 0)
-            blocks += [ResidualBlock(channels, activation, norm, residual) for _ in range(n_blocks)]
+            blocks += [
+                ResidualBlock(channels, activation, norm, residual, branch_init)
+                for _ in range(n_blocks)
+            ]
             self.stages.append(nn.Sequential(*blocks))
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.head = nn.Linear(channels, num_classes)
         init_weights(self, init, scale=init_scale, bias=bias_init)
+        init_branches(self, depth)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.stem(x)

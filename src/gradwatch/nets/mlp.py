@@ -13,7 +13,10 @@ Plain networks are ``network = Sequential(Linear, [Norm], Act, ..., Linear)``, w
 module names of the article's ``DeepSigmoidNet``. Residual networks follow
 ``ModernDeepNetwork``: an ``input_layer`` (Linear-Norm-Act), ``depth`` ``hidden_layers``
 blocks (Linear-Norm-Act-Linear-Norm) each added to its input and followed by the
-activation, and an ``output_layer``.
+activation, and an ``output_layer``. With ``branch_init`` other than ``standard`` the blocks
+are :class:`ResidualMLPBlock` (``linear1, norm1, linear2, norm2, act``), whose branches start
+at or near zero so that thousands of blocks train without normalization (see
+:mod:`gradwatch.nets.residual`).
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ from torch import nn
 
 from gradwatch.nets.activations import make_activation
 from gradwatch.nets.init import init_weights
+from gradwatch.nets.residual import BranchBlock, check_branch_init, init_branches
 from gradwatch.registry import choose, require_positive
 
 NORMS: dict[str, type[nn.Module] | None] = {
@@ -33,6 +37,30 @@ NORMS: dict[str, type[nn.Module] | None] = {
     "batch": nn.BatchNorm1d,
     "layer": nn.LayerNorm,
 }
+
+
+class ResidualMLPBlock(BranchBlock):
+    """``x + F(x)`` with ``F`` = Linear-Norm-Act-Linear-Norm, for a non-standard branch_init.
+
+    Args:
+        width: input and output features.
+        activation: a name from :data:`gradwatch.nets.ACTIVATIONS`.
+        norm_cls: a norm class taking the width (``None``: no norm).
+        branch_init: ``zero``, ``rezero`` or ``fixup`` (see :mod:`gradwatch.nets.residual`).
+    """
+
+    NAMES = ("linear1", "norm1", "linear2", "norm2")
+
+    def __init__(
+        self, width: int, activation: str, norm_cls: type[nn.Module] | None, branch_init: str
+    ) -> None:
+        super().__init__(
+            lambda bias: nn.Linear(width, width, bias=bias),
+            lambda: nn.Identity() if norm_cls is None else norm_cls(width),
+            make_activation(activation),
+            True,
+            branch_init,
+        )
 
 
 class MLP(nn.Module):
@@ -49,6 +77,9 @@ class MLP(nn.Module):
         residual: build the article's ModernDeepNetwork blocks with identity skips.
         init_scale: multiplies every initialized weight (1.0: the scheme as is).
         bias_init: ``default`` (PyTorch's) or ``zeros``.
+        branch_init: how each residual branch starts: ``standard`` (the article),
+            ``zero``, ``rezero`` or ``fixup`` (see :mod:`gradwatch.nets.residual`; the last
+            three train thousands of blocks with ``norm="none"``).
     """
 
     def __init__(
@@ -63,6 +94,7 @@ class MLP(nn.Module):
         residual: bool = False,
         init_scale: float = 1.0,
         bias_init: str = "default",
+        branch_init: str = "standard",
     ) -> None:
         super().__init__()
         require_positive("model.net.depth", depth)
@@ -70,6 +102,7 @@ class MLP(nn.Module):
         require_positive("num_classes", num_classes)
         make_activation(activation)  # validate the name before building anything
         norm_cls = choose("norm", norm, NORMS)
+        check_branch_init(branch_init, norm, residual)
         shape = (input_shape,) if isinstance(input_shape, int) else tuple(input_shape)
         in_features = math.prod(shape)
         self.residual = bool(residual)
@@ -80,13 +113,22 @@ class MLP(nn.Module):
                 layers.append(norm_cls(width))
             return layers
 
+        # The article's blocks are Sequentials whose sum and activation live in forward().
+        self.article_blocks = self.residual and branch_init == "standard"
         if self.residual:
             self.input_layer = nn.Sequential(*hidden(in_features), make_activation(activation))
-            self.hidden_layers = nn.ModuleList(
-                nn.Sequential(*hidden(width), make_activation(activation), *hidden(width))
-                for _ in range(depth)
-            )
-            self.block_activation = make_activation(activation)
+            if self.article_blocks:
+                blocks = (
+                    nn.Sequential(*hidden(width), make_activation(activation), *hidden(width))
+                    for _ in range(depth)
+                )
+            else:
+                blocks = (
+                    ResidualMLPBlock(width, activation, norm_cls, branch_init) for _ in range(depth)
+                )
+            self.hidden_layers = nn.ModuleList(blocks)
+            if self.article_blocks:
+                self.block_activation = make_activation(activation)
             self.output_layer = nn.Linear(width, num_classes)
         else:
             layers: list[nn.Module] = []
@@ -95,12 +137,17 @@ class MLP(nn.Module):
             layers.append(nn.Linear(width, num_classes))
             self.network = nn.Sequential(*layers)
         init_weights(self, init, scale=init_scale, bias=bias_init)
+        init_branches(self, depth)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = x.flatten(1)
         if not self.residual:
             return self.network(x)
         x = self.input_layer(x)
-        for block in self.hidden_layers:
-            x = self.block_activation(block(x) + x)
+        if self.article_blocks:
+            for block in self.hidden_layers:
+                x = self.block_activation(block(x) + x)
+        else:
+            for block in self.hidden_layers:
+                x = block(x)
         return self.output_layer(x)

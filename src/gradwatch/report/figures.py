@@ -13,13 +13,26 @@ from matplotlib.ticker import NullLocator
 from gradwatch.plots import plot_norms_over_training, plt, read_grad_norms
 from gradwatch.report.collect import Job
 from gradwatch.report.theory import SIGMOID_MAX_DERIVATIVE
+from gradwatch.verdict import EXPLODING_RATIO, VANISHING_RATIO
 
-#: The callback's default verdict band (gradwatch.callbacks.diagnosis), without importing
-#: the callbacks (and torch) into the report.
-HEALTHY_BAND = (1e-2, 1e2)
+#: The verdict's healthy band (gradwatch.verdict is torch-free: the report imports it).
+HEALTHY_BAND = (VANISHING_RATIO, EXPLODING_RATIO)
 
-# The article's order; other experiments follow alphabetically.
-EXPERIMENT_ORDER = ["sigmoid", "tanh", "relu", "batchnorm", "residual"]
+# The article's order, then the deep sweep's (sweep=deep); other experiments follow
+# alphabetically.
+EXPERIMENT_ORDER = [
+    "sigmoid",
+    "tanh",
+    "relu",
+    "batchnorm",
+    "residual",
+    "deep_plain_sigmoid",
+    "deep_plain_relu",
+    "deep_standard",
+    "deep_zero",
+    "deep_rezero",
+    "deep_fixup",
+]
 # Every bundled dataset (digits, MNIST, Fashion-MNIST, CIFAR-10) has ten classes.
 CHANCE_ACCURACY = 0.1
 
@@ -32,11 +45,13 @@ def experiments(jobs: Iterable[Job]) -> list[str]:
 
 
 def _color(experiment: str) -> object:
+    """One color per known experiment; tab20 holds tab10's ten colors at even positions and
+    a lighter twin of each at odd ones, used from the eleventh name on."""
     if experiment in EXPERIMENT_ORDER:
         index = EXPERIMENT_ORDER.index(experiment)
     else:  # stable across runs, unlike hash()
-        index = len(EXPERIMENT_ORDER) + sum(map(ord, experiment)) % 5
-    return plt.get_cmap("tab10")(index)
+        index = len(EXPERIMENT_ORDER) + sum(map(ord, experiment)) % (20 - len(EXPERIMENT_ORDER))
+    return plt.get_cmap("tab20")(2 * index if index < 10 else 2 * (index - 10) + 1)
 
 
 def by_experiment(jobs: Iterable[Job]) -> dict[str, list[Job]]:
@@ -135,10 +150,13 @@ def ratio_vs_depth(jobs: list[Job], path: Path) -> None:
             if zeros:
                 underflow = True
                 ax.plot(zeros, [floor] * len(zeros), "v", color=_color(name), ms=9)
-    all_depths = sorted({j.depth for group in groups.values() for j in group})
+    all_depths = _depth_axis(ax, jobs)
     if all_depths:
-        grid = np.linspace(min(all_depths), max(all_depths), 200)
-        bound = SIGMOID_MAX_DERIVATIVE**grid
+        grid = np.geomspace(min(all_depths), max(all_depths), 200)
+        # 0.25^L for L in the thousands is below float64's range: drawn where it exists.
+        with np.errstate(under="ignore"):
+            bound = SIGMOID_MAX_DERIVATIVE**grid
+        bound[bound == 0] = np.nan
         ax.plot(grid, bound, ":", color="black", label="0.25^L (sigmoid bound)")
     ax.axhspan(*HEALTHY_BAND, color="tab:green", alpha=0.08, label="healthy band")
     ax.set_yscale("log")
@@ -146,7 +164,7 @@ def ratio_vs_depth(jobs: list[Job], path: Path) -> None:
     # rather than flatten against the bottom edge, where the underflow markers sit.
     top = ax.get_ylim()[1]
     ax.set_ylim(floor / 2, top)
-    ax.set_xlabel("depth L (hidden layers, or residual blocks)")
+    ax.set_xlabel("depth L (hidden layers, or residual blocks; log scale)")
     ax.set_ylabel("first/last gradient-norm ratio (log scale)")
     title = "First/last layer gradient ratio vs depth"
     if underflow:
@@ -155,6 +173,16 @@ def ratio_vs_depth(jobs: list[Job], path: Path) -> None:
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize="x-small", ncol=2)
     _save(fig, path)
+
+
+def _depth_axis(ax, jobs: list[Job]) -> list[int]:
+    """A log depth axis ticked at the swept depths (1 to 10,000 fit side by side)."""
+    depths = sorted({j.depth for group in by_experiment(jobs).values() for j in group})
+    ax.set_xscale("log")
+    if depths:
+        ax.set_xticks(depths, [f"{d:,}" for d in depths])
+        ax.xaxis.set_minor_locator(NullLocator())
+    return depths
 
 
 def accuracy_vs_depth(jobs: list[Job], path: Path) -> None:
@@ -167,11 +195,7 @@ def accuracy_vs_depth(jobs: list[Job], path: Path) -> None:
         ax.plot(depths, test, "s--", color=_color(name), label=f"{name}, test", alpha=0.6)
     ax.axhline(CHANCE_ACCURACY, color="gray", linestyle=":", label="chance (10 classes)")
     ax.set_ylim(0, 1.02)
-    ax.set_xscale("log")
-    depths = sorted({j.depth for group in by_experiment(jobs).values() for j in group})
-    if depths:
-        ax.set_xticks(depths, [str(d) for d in depths])
-        ax.xaxis.set_minor_locator(NullLocator())
+    _depth_axis(ax, jobs)
     ax.set_xlabel("depth (hidden layers, or residual blocks; log scale)")
     ax.set_ylabel("accuracy")
     ax.set_title("Accuracy at the end of training vs depth")
