@@ -333,7 +333,7 @@ def test_vanishing_verdict_is_warned_once_with_advice(tmp_path):
             callbacks=[GradientNormCallback(log_every_n_steps=1)],
         )
     warned = [w for w in record if "Gradients look" in str(w.message)]
-    assert len(warned) == 1 and "ReLU with He init" in str(warned[0].message)
+    assert len(warned) == 1 and "ReLU with He" in str(warned[0].message)
 
 
 def test_state_survives_a_checkpoint_resume(tmp_path):

@@ -249,7 +249,7 @@ def test_a_job_that_never_wrote_its_summary_is_listed_as_missing(tmp_path):
 def test_newest_multirun_is_the_latest_timestamp_across_sweeps(tmp_path):
     for name in (
         "sweep_small/multiruns/2026-01-02_00-00-00-000000",
-        "relu/multiruns/2026-01-03_00-00-00-000000",
+        "multiruns/2026-01-03_00-00-00-000000",  # a plain -m
         "sweep_full/multiruns/2026-01-01_00-00-00-000000",
     ):
         (tmp_path / name).mkdir(parents=True)

@@ -74,6 +74,14 @@ class ActivationStatsCallback(L.Callback):
         self._hooked_step: int | None = None
         self._stance: Any = None
         self.last_metrics: dict[str, float] = {}
+        # For the verdict: per module (in the order they first ran) the std at the first
+        # logged step and the sums of dead / saturated shares over logged steps.
+        self._first_std: dict[str, float] = {}
+        self._sums: dict[str, list[float]] = {}  # name -> [dead, saturation, count]
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        if stage == "fit":  # a checkpoint's state is restored after this
+            self._first_std, self._sums = {}, {}
 
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._modules = [
@@ -138,6 +146,7 @@ class ActivationStatsCallback(L.Callback):
         per_module = torch.stack([torch.stack(calls).mean(dim=0) for calls in self._stats.values()])
         values = per_module.tolist()  # one device-to-host transfer
         self._stats = {}
+        self._remember(names, values)
         if not trainer.is_global_zero:
             return
         metrics = {}
@@ -151,6 +160,36 @@ class ActivationStatsCallback(L.Callback):
         self.last_metrics = metrics
         for logger in trainer.loggers:
             logger.log_metrics(metrics, step=self._hooked_step)
+
+    def _remember(self, names: list[str], values: list[list[float]]) -> None:
+        for name, (_, std, saturation, dead) in zip(names, values):
+            self._first_std.setdefault(name, std)
+            sums = self._sums.setdefault(name, [0.0, 0.0, 0])
+            sums[0] += dead if dead == dead else 0.0
+            sums[1] += saturation if saturation == saturation else 0.0
+            sums[2] += 1
+
+    def signals(self) -> dict[str, list[float]]:
+        """What :func:`gradwatch.verdict.diagnose` reads, per module in the order they ran:
+        ``dead`` (ReLU) and ``saturation`` (sigmoid/tanh) averaged over the logged steps, and
+        ``activation_std`` at the first logged step."""
+        kinds = {name: module for name, module in self._modules}
+        dead = [s[0] / s[2] for n, s in self._sums.items() if isinstance(kinds[n], RECTIFYING)]
+        saturated = [
+            s[1] / s[2] for n, s in self._sums.items() if type(kinds[n]) in SATURATING
+        ]
+        return {
+            "dead": dead,
+            "saturation": saturated,
+            "activation_std": list(self._first_std.values()),
+        }
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"first_std": self._first_std, "sums": self._sums}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self._first_std = dict(state_dict.get("first_std", {}))
+        self._sums = {k: list(v) for k, v in state_dict.get("sums", {}).items()}
 
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._remove_hooks()

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 import os
+import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -12,7 +13,9 @@ from typing import Any
 import lightning as L
 import torch
 from lightning.pytorch.utilities import rank_zero_warn
+from torch import nn
 
+from gradwatch.callbacks.activation_stats import ActivationStatsCallback
 from gradwatch.callbacks.depth import DepthOrder
 from gradwatch.callbacks.grad_norms_file import GradNormsFile
 from gradwatch.callbacks.layers import Layer, find_layers, select_layers
@@ -24,9 +27,13 @@ from gradwatch.verdict import EXPLODING_RATIO, VANISHING_RATIO, Diagnosis, diagn
 
 #: Aggregate keys under ``grad_norm/``; a layer of the same name is logged as ``<name>[layer]``.
 AGGREGATES = ("total", "first_last_ratio", "clipped_total", "amp_skipped", "amp_scale")
-#: The running verdict (and its one-time warning) looks at this many recent logged steps.
+#: The running verdict (and its one-time warning) looks at this many recent logged steps, and
+#: the final one at the update ratios of this many last logged steps.
 VERDICT_WINDOW = 20
-SEVERITY = {"non-finite": 3, "exploding": 2, "vanishing": 2, "healthy": 0}
+#: The loss at the start and at the end of training: the mean of this many logged values,
+#: judged once there are twice as many.
+LOSS_WINDOW = 3
+SEVERITY = {"non-finite": 4, "exploding": 3, "vanishing": 3, "stalled": 2, "healthy": 0}
 
 
 def _combine(values: list[float], p: float) -> float:
@@ -66,6 +73,7 @@ class _Optimizer:
     keys: dict[str, list[str]] = field(default_factory=dict)
     logged: list[int] = field(default_factory=list)  # positions whose keys go to the loggers
     weights_before: list[torch.Tensor] = field(default_factory=list)
+    updates: list[dict[str, float]] = field(default_factory=list)  # last logged update ratios
     steps: int = 0
     ratios: list[float] = field(default_factory=list)
     first_norms: dict[str, float] = field(default_factory=dict)
@@ -234,6 +242,10 @@ class GradientNormCallback(L.Callback):
         self._amp_skipped: torch.Tensor | int = 0
         self._amp_before: torch.Tensor | None = None
         self.amp_scale: float | None = None
+        self.losses: list[float] = []  # the training loss at each logging step
+        self._chance_loss: float | None = None
+        self._batchnorm = False
+        self._activations: Any = None
         self.nonfinite_layer: str | None = None
         self.nonfinite_step: int | None = None
         self.warned: str | None = None
@@ -253,6 +265,15 @@ class GradientNormCallback(L.Callback):
         self._ordered = self._depth.order()
         self._device = pl_module.device
         self._clipping = bool(trainer.gradient_clip_val)
+        # What the verdict reads besides the gradients (see gradwatch.verdict).
+        self._batchnorm = any(
+            isinstance(m, nn.modules.batchnorm._BatchNorm) for m in pl_module.modules()
+        )
+        classes = getattr(pl_module, "hparams", {}).get("num_classes")
+        self._chance_loss = math.log(classes) if isinstance(classes, int) and classes > 1 else None
+        self._activations = next(
+            (c for c in trainer.callbacks if isinstance(c, ActivationStatsCallback)), None
+        )
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         # Loops are restored by now: a resumed fit continues the file after this step.
@@ -425,7 +446,13 @@ class GradientNormCallback(L.Callback):
         pending.stepped = True
 
     # -- after the step: one transfer, then log -------------------------------------------
-    def on_train_batch_end(self, trainer: L.Trainer, *args: Any) -> None:
+    def on_train_batch_end(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, *args: Any
+    ) -> None:
+        if self._pending is not None:  # a logging step: the verdict also reads its loss
+            loss = outputs.get("loss") if isinstance(outputs, dict) else outputs
+            if isinstance(loss, torch.Tensor) and loss.numel() == 1:
+                self.losses.append(float(loss))
         self._settle(trainer)
         if self._depth is not None and self._depth.active:
             self._merge_depths()
@@ -519,6 +546,10 @@ class GradientNormCallback(L.Callback):
             opt.first_norms, opt.first_step = by_layer, step
         opt.last_norms, opt.last_step = by_layer, step
         opt.ratios.append(ratio)
+        if "update" in row:
+            updates = zip(names, row["update"], row["weight"], has_grad)
+            opt.updates.append({n: u / w for n, u, w, g in updates if g and w})
+            del opt.updates[:-VERDICT_WINDOW]
         self._check(trainer, opt, step, by_layer)
         if not trainer.is_global_zero:
             return
@@ -589,25 +620,48 @@ class GradientNormCallback(L.Callback):
                 f"Gradients look {verdict.verdict}{where} at step {step}. {verdict.advice}"
             )
 
-    def _diagnose(self, ratios: list[float]) -> Diagnosis:
+    def _diagnose(self, ratios: list[float], signals: dict[str, Any] | None = None) -> Diagnosis:
         return diagnose(
             ratios,
             self.vanishing_ratio,
             self.exploding_ratio,
             self.nonfinite_layer,
             self.nonfinite_step,
+            ours=self.config_hints,
+            batchnorm=self._batchnorm,
+            **(signals or {}),
         )
+
+    def _signals(self, opt: _Optimizer) -> dict[str, Any]:
+        """What the final verdict reads besides the ratios: the loss's trend, the recent update
+        ratios per layer (input side first) and the activation statistics."""
+        signals: dict[str, Any] = {"chance_loss": self._chance_loss}
+        if len(self.losses) >= 2 * LOSS_WINDOW:
+            signals["loss_start"] = statistics.fmean(self.losses[:LOSS_WINDOW])
+            signals["loss_end"] = statistics.fmean(self.losses[-LOSS_WINDOW:])
+        if opt.updates:
+            names = [self.layers[i].name for i in opt.layers]
+            per_layer = [[u[n] for u in opt.updates if n in u] for n in names]
+            signals["update_ratios"] = [statistics.median(v) for v in per_layer if v]
+        if self._activations is not None:
+            signals.update(self._activations.signals())
+        return signals
+
+    def _verdicts(self) -> dict[int, Diagnosis]:
+        return {id(o): self._diagnose(o.ratios, self._signals(o)) for o in self._opts.values()}
 
     def _main(self) -> _Optimizer | None:
         """The optimizer whose verdict is the run's: the most severe one, else the first."""
         opts = list(self._opts.values())
-        if not opts:
-            return None
-        return max(opts, key=lambda o: SEVERITY[self._diagnose(o.ratios).verdict])
+        if len(opts) < 2:
+            return opts[0] if opts else None
+        verdicts = self._verdicts()
+        return max(opts, key=lambda o: SEVERITY[verdicts[id(o)].verdict])
 
     def diagnosis(self) -> Diagnosis:
+        """The run's verdict so far, from every signal the callbacks measured."""
         main = self._main()
-        return self._diagnose(main.ratios if main else [])
+        return self._diagnose(main.ratios if main else [], self._signals(main) if main else {})
 
     # What the console report and the run record read, for the optimizer that decides.
     @property
@@ -654,12 +708,14 @@ class GradientNormCallback(L.Callback):
             "nonfinite_layer": self.nonfinite_layer,
             "nonfinite_step": self.nonfinite_step,
             "stop_reason": self.stop_reason,
+            "reasons": list(result.reasons),
         }
         if self.amp_scale is not None:
             summary["amp_skipped_steps"] = int(self._amp_skipped)
         named = [o for o in self._opts.values() if o.name]
         if named:
-            summary["optimizers"] = {o.name: self._diagnose(o.ratios).verdict for o in named}
+            verdicts = self._verdicts()
+            summary["optimizers"] = {o.name: verdicts[id(o)].verdict for o in named}
         return summary
 
     # -- end of fit --------------------------------------------------------------------
@@ -695,8 +751,16 @@ class GradientNormCallback(L.Callback):
         self._cleanup()
 
     # -- checkpointing -----------------------------------------------------------------
-    _OPT_STATE = ("steps", "ratios", "first_norms", "last_norms", "first_step", "last_step")
-    _STATE = ("nonfinite_layer", "nonfinite_step", "warned", "stop_reason", "amp_scale")
+    _OPT_STATE = (
+        "steps",
+        "ratios",
+        "updates",
+        "first_norms",
+        "last_norms",
+        "first_step",
+        "last_step",
+    )
+    _STATE = ("nonfinite_layer", "nonfinite_step", "warned", "stop_reason", "amp_scale", "losses")
 
     def state_dict(self) -> dict[str, Any]:
         state = {key: getattr(self, key) for key in self._STATE}
@@ -716,6 +780,7 @@ class GradientNormCallback(L.Callback):
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         for key in self._STATE:
             setattr(self, key, state_dict.get(key))
+        self.losses = list(self.losses or [])
         self._amp_skipped = state_dict.get("amp_skipped", 0)
         self._saved_opts = dict(state_dict.get("optimizers", {}))
         single = self._saved_opts.pop("", None)

@@ -147,8 +147,10 @@ def collect_jobs(multirun_dir: str | os.PathLike) -> list[Job]:
 
 
 def find_multiruns(log_dir: str | os.PathLike) -> list[Path]:
-    """``<log_dir>/*/multiruns/*`` oldest first (timestamp names sort in time order)."""
-    runs = [p for p in Path(log_dir).glob("*/multiruns/*") if p.is_dir()]
+    """Every multirun, oldest first (timestamp names sort in time order): a plain ``-m``'s
+    ``<log_dir>/multiruns/*`` and a ``sweep=`` preset's ``<log_dir>/<sweep>/multiruns/*``."""
+    found = [*Path(log_dir).glob("multiruns/*"), *Path(log_dir).glob("*/multiruns/*")]
+    runs = [p for p in found if p.is_dir()]
     return sorted(runs, key=lambda p: (p.name, p.stat().st_mtime))
 
 
@@ -156,7 +158,7 @@ def newest_multirun(log_dir: str | os.PathLike) -> Path:
     runs = find_multiruns(log_dir)
     if not runs:
         raise ReportError(
-            f"No multirun under {str(log_dir)!r} (looked for <log_dir>/*/multiruns/*). Run a "
+            f"No multirun under {str(log_dir)!r} (looked for <log_dir>/multiruns/* and <log_dir>/*/multiruns/*). Run a "
             "sweep first (make sweep), or pass the multirun directory (make report RUN=dir)."
         )
     return runs[-1]
