@@ -175,9 +175,7 @@ class ActivationStatsCallback(L.Callback):
         ``activation_std`` at the first logged step."""
         kinds = {name: module for name, module in self._modules}
         dead = [s[0] / s[2] for n, s in self._sums.items() if isinstance(kinds[n], RECTIFYING)]
-        saturated = [
-            s[1] / s[2] for n, s in self._sums.items() if type(kinds[n]) in SATURATING
-        ]
+        saturated = [s[1] / s[2] for n, s in self._sums.items() if type(kinds[n]) in SATURATING]
         return {
             "dead": dead,
             "saturation": saturated,

@@ -16,7 +16,9 @@ def main(argv: list[str] | None = None) -> int:
         "(written to <multirun dir>/report/).",
     )
     parser.add_argument(
-        "multirun_dir", nargs="?", help="default: the newest <log-dir>/multiruns/* or <log-dir>/*/multiruns/*"
+        "multirun_dir",
+        nargs="?",
+        help="default: the newest multirun under --log-dir",
     )
     parser.add_argument("--log-dir", default="logs", help="where to look for the newest multirun")
     args = parser.parse_args(argv)
