@@ -159,6 +159,7 @@ def newest_multirun(log_dir: str | os.PathLike) -> Path:
     if not runs:
         raise ReportError(
             f"No multirun under {str(log_dir)!r} (looked for <log_dir>/multiruns/* and "
-            "<log_dir>/*/multiruns/*). Run a sweep first (make sweep), or pass the multirun directory (make report RUN=dir)."
+            "<log_dir>/*/multiruns/*). Run a sweep first (make sweep), or pass the multirun "
+            "directory (make report RUN=dir)."
         )
     return runs[-1]
