@@ -10,7 +10,7 @@ from rich.console import Console
 from rich.table import Table
 
 from gradwatch.callbacks.grad_norm import GradientNormCallback
-from gradwatch.run_files import GRADIENT_FLOW_FILE
+from gradwatch.run.files import GRADIENT_FLOW_FILE, TENSORBOARD_DIR
 
 VERDICT_STYLE = {
     "vanishing": "bold red",
@@ -84,8 +84,8 @@ def print_report(
         console.print(f"[bold red]stopped early:[/] {summary['stop_reason']}")
     console.print(f"run directory: {run_dir}")
     if (run_dir / GRADIENT_FLOW_FILE).exists():
-        console.print(f"gradient-flow figure: {run_dir / 'gradient_flow.png'}")
-    if (run_dir / "tensorboard").exists():
+        console.print(f"gradient-flow figure: {run_dir / GRADIENT_FLOW_FILE}")
+    if (run_dir / TENSORBOARD_DIR).exists():
         console.print(
-            f"TensorBoard: tensorboard --logdir {run_dir / 'tensorboard'}  (or make tensorboard)"
+            f"TensorBoard: tensorboard --logdir {run_dir / TENSORBOARD_DIR}  (or make tensorboard)"
         )
