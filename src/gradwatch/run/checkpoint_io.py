@@ -24,6 +24,7 @@ import io
 import os
 import pickle
 import shutil
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO, Any
@@ -175,7 +176,44 @@ def replace_with_link(target: str | os.PathLike, link: str | os.PathLike) -> Non
 
 
 class ModelCheckpoint(pl_callbacks.ModelCheckpoint):
-    """Lightning's ``ModelCheckpoint``; ``save_last="link"`` swaps ``last.ckpt`` atomically."""
+    """Lightning's ``ModelCheckpoint``; ``save_last="link"`` swaps ``last.ckpt`` atomically.
+
+    Args:
+        min_interval_s: skip a scheduled save that comes less than this many seconds after
+            the previous one, except at the end of fit (max_epochs / max_steps reached or a
+            stop requested): runs of many tiny epochs then pay for a checkpoint every few
+            seconds, not every epoch. ``None``: every scheduled save. Ctrl-C and SIGTERM
+            still save at once (``InterruptCheckpoint``); a ``kill -9`` loses at most this
+            long of training, and the resume from the older checkpoint stays exact.
+        **kwargs: Lightning's ``ModelCheckpoint`` arguments.
+    """
+
+    def __init__(self, *args: Any, min_interval_s: float | None = None, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        if min_interval_s is not None and not min_interval_s >= 0:
+            raise ValueError(f"min_interval_s must be >= 0 or null, got {min_interval_s!r}.")
+        self.min_interval_s = min_interval_s
+        self._saved_at: float | None = None
+
+    def _should_skip_saving_checkpoint(self, trainer: Any) -> bool:
+        return super()._should_skip_saving_checkpoint(trainer) or self._too_soon(trainer)
+
+    def _too_soon(self, trainer: Any) -> bool:
+        if not self.min_interval_s or self._saved_at is None:
+            return False
+        final = (
+            trainer.should_stop
+            or (
+                trainer.max_epochs not in (None, -1)
+                and trainer.current_epoch + 1 >= trainer.max_epochs
+            )
+            or (trainer.max_steps > 0 and trainer.global_step >= trainer.max_steps)
+        )
+        return not final and time.monotonic() - self._saved_at < self.min_interval_s
+
+    def _save_checkpoint(self, trainer: Any, filepath: str) -> None:
+        super()._save_checkpoint(trainer, filepath)
+        self._saved_at = time.monotonic()
 
     @staticmethod
     def _link_checkpoint(trainer: Any, filepath: str, linkpath: str) -> None:

@@ -1,0 +1,43 @@
+"""ModelCheckpoint(min_interval_s): tiny epochs pay for a checkpoint every few seconds, and
+the end of fit is always saved."""
+
+from __future__ import annotations
+
+import lightning as L
+import pytest
+import torch
+from lightning.pytorch.demos.boring_classes import BoringModel
+
+from gradwatch.run.checkpoint_io import ModelCheckpoint
+
+
+def saved_steps(tmp_path, interval) -> list[int]:
+    torch.manual_seed(0)
+    checkpoint = ModelCheckpoint(
+        dirpath=tmp_path, filename="{step}", save_top_k=-1, min_interval_s=interval
+    )
+    trainer = L.Trainer(
+        max_epochs=5,
+        limit_train_batches=2,
+        limit_val_batches=1,
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        callbacks=[checkpoint],
+        default_root_dir=tmp_path,
+    )
+    trainer.fit(BoringModel())
+    return sorted(int(p.stem.split("=")[1]) for p in tmp_path.glob("step=*.ckpt"))
+
+
+def test_every_epoch_without_an_interval(tmp_path):
+    assert saved_steps(tmp_path, None) == [2, 4, 6, 8, 10]
+
+
+def test_an_interval_skips_the_epochs_between_and_keeps_the_last(tmp_path):
+    assert saved_steps(tmp_path, 3600) == [2, 10]  # the first save, and the end of fit
+
+
+def test_a_negative_interval_is_refused():
+    with pytest.raises(ValueError, match="min_interval_s must be >= 0 or null, got -1"):
+        ModelCheckpoint(min_interval_s=-1)
