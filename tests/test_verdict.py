@@ -81,7 +81,7 @@ def test_a_deep_plain_relu_net_that_cannot_learn_is_not_healthy(digits):
     assert diagnose([m["ratio"]]).verdict == "healthy"
     assert sum(m["dead"]) / len(m["dead"]) >= DEAD_SHARE  # ... a third of the units are off
     result = judge(m)
-    assert result.verdict == "stalled", result
+    assert (result.verdict, result.stalled) == ("vanishing", True), result
     assert "ReLU units" in result.advice and "residual" in result.advice
 
 
@@ -98,26 +98,33 @@ def test_a_deep_rezero_net_that_learns_is_healthy(digits):
 
 def test_a_flat_loss_at_chance_is_stalled_whatever_the_ratio():
     result = diagnose([0.8, 1.1], loss_start=2.31, loss_end=2.30, chance_loss=math.log(10))
-    assert result.verdict == "stalled" and "did not fall: 2.31" in result.advice
+    assert result.stalled and result.verdict == "vanishing"
+    assert "did not fall: 2.31" in result.advice
     # A loss that fell, but only to the loss of a constant prediction.
     result = diagnose([0.8], loss_start=3.5, loss_end=2.29, chance_loss=math.log(10))
-    assert result.verdict == "stalled" and "constant prediction" in result.advice
+    assert result.stalled and "constant prediction" in result.advice
 
 
 @pytest.mark.parametrize(
-    ("signals", "verdict", "phrase"),
+    ("signals", "verdict", "stalled", "phrase"),
     [
-        ({"update_ratios": [1e-9, 1e-3, 2e-3, 1e-3]}, "vanishing", "update ratio is 1.0e-09"),
-        ({"update_ratios": [1e-8, 1e-8, 1e-8]}, "stalled", "negligible"),
-        ({"activation_std": [0.5, 0.2, 0.01]}, "stalled", "shrink with depth"),
-        ({"activation_std": [0.5, 3.0, 50.0]}, "exploding", "grow with depth"),
-        ({"saturation": [0.6, 0.4]}, "stalled", "flat ends"),
-        ({"dead": [0.1, 0.1], "update_ratios": [1e-3, 1e-3]}, "healthy", "healthy band"),
+        (
+            {"update_ratios": [1e-9, 1e-3, 2e-3, 1e-3]},
+            "vanishing",
+            False,
+            "update ratio is 1.0e-09",
+        ),
+        ({"update_ratios": [1e-8, 1e-8, 1e-8]}, "vanishing", True, "negligible"),
+        ({"activation_std": [0.5, 0.2, 0.01]}, "vanishing", True, "shrink with depth"),
+        ({"activation_std": [0.5, 3.0, 50.0]}, "exploding", False, "grow with depth"),
+        ({"saturation": [0.6, 0.4]}, "vanishing", True, "flat ends"),
+        ({"dead": [0.1, 0.1], "update_ratios": [1e-3, 1e-3]}, "healthy", False, "healthy band"),
     ],
 )
-def test_each_signal_decides_the_verdict(signals, verdict, phrase):
+def test_each_signal_decides_the_verdict(signals, verdict, stalled, phrase):
     result = diagnose([1.0], **signals)
-    assert result.verdict == verdict and phrase in result.advice, result
+    assert (result.verdict, result.stalled) == (verdict, stalled), result
+    assert phrase in result.advice, result
 
 
 def test_the_ratio_verdicts_and_their_order_are_unchanged():

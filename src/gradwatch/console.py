@@ -18,7 +18,6 @@ VERDICT_STYLE = {
     "vanishing": "bold red",
     "exploding": "bold red",
     "non-finite": "bold red",
-    "stalled": "bold yellow",
     "healthy": "bold green",
 }
 

@@ -7,13 +7,15 @@ The verdict words:
 ``exploding``   the input side gets far more (ratio above the band), or activations grow
                 tenfold with depth.
 ``non-finite``  a gradient became NaN or inf.
-``stalled``     gradients are within the band, yet the network does not learn: its loss does
-                not fall, its activations have collapsed (ReLU units off for every example,
-                saturated sigmoid/tanh units, activations shrinking with depth) or its updates
-                are negligible. A fifth word because the four above name the size of the
-                gradient: calling such a network ``vanishing`` would send its user to the
-                fixes they already have (ReLU + He), ``healthy`` would hide the failure.
 ``healthy``     none of the above.
+
+A network whose gradients are within the band but that does not learn (its loss does not
+fall, its activations have collapsed: ReLU units off for every example, saturated
+sigmoid/tanh units, activations shrinking with depth; or its updates are negligible) is
+*stalled*: ``healthy`` would hide the failure, and DESIGN.md's contract keeps the four words
+above, so it is judged ``vanishing`` (the learning signal does not get through) with
+``Diagnosis.stalled`` set, and its advice says what stalled and what to do instead of
+repeating the size-of-gradient fixes it may already have.
 
 The band (:data:`VANISHING_RATIO`, :data:`EXPLODING_RATIO`) and the advice live here once;
 the callback and the report import them.
@@ -86,7 +88,7 @@ SATURATED_SHARE = 0.25
 STD_SHRINK = 0.1
 STD_GROWTH = 10.0
 
-VERDICTS = ("vanishing", "exploding", "non-finite", "stalled", "healthy")
+VERDICTS = ("vanishing", "exploding", "non-finite", "healthy")
 
 # Each fix in two forms: this project's overrides, and plain words for any project.
 _FIXES = {
@@ -168,6 +170,8 @@ class Diagnosis:
     advice: str
     #: Why a signal other than the ratio decided the verdict (empty when only the ratio did).
     reasons: tuple[str, ...] = ()
+    #: The gradients are within the band but the network does not learn (judged vanishing).
+    stalled: bool = False
 
 
 def _mean(values: Sequence[float] | None) -> float | None:
@@ -316,6 +320,6 @@ def diagnose(
         verdict, reasons = "healthy", []
     if verdict == "stalled":
         advice = _stalled_advice(reasons, ratio, ours)
-    else:
-        advice = _advice(verdict, ratio, reasons, ours, batchnorm)
+        return Diagnosis("vanishing", ratio, advice, tuple(reasons), stalled=True)
+    advice = _advice(verdict, ratio, reasons, ours, batchnorm)
     return Diagnosis(verdict, ratio, advice, tuple(reasons))

@@ -43,7 +43,7 @@ class DashboardCallback(L.Callback):
       when the verdict changes and at the end of fit; at the end, the scalars
       ``verdict/initial_first_last_ratio``, ``verdict/final_first_last_ratio``,
       ``verdict/first_last_ratio`` (the judged median) and ``verdict/code`` (-1 vanishing,
-      0 healthy, 1 exploding, 2 non-finite, 3 stalled) that the HPARAMS tab shows beside each run's
+      0 healthy, 1 exploding, 2 non-finite) that the HPARAMS tab shows beside each run's
       config (every logger gets these scalars).
     - W&B: the run summary holds ``diagnosis``, ``advice`` and the ratios (the keys of
       ``summary.json``), updated when the verdict changes; at the end of fit two line charts:

@@ -33,7 +33,7 @@ VERDICT_WINDOW = 20
 #: The loss at the start and at the end of training: the mean of this many logged values,
 #: judged once there are twice as many.
 LOSS_WINDOW = 3
-SEVERITY = {"non-finite": 4, "exploding": 3, "vanishing": 3, "stalled": 2, "healthy": 0}
+SEVERITY = {"non-finite": 3, "exploding": 2, "vanishing": 2, "healthy": 0}
 
 
 def _combine(values: list[float], p: float) -> float:
@@ -709,6 +709,7 @@ class GradientNormCallback(L.Callback):
             "nonfinite_step": self.nonfinite_step,
             "stop_reason": self.stop_reason,
             "reasons": list(result.reasons),
+            "stalled": result.stalled,
         }
         if self.amp_scale is not None:
             summary["amp_skipped_steps"] = int(self._amp_skipped)

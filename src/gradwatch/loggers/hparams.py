@@ -31,13 +31,7 @@ HPARAMS = (
     "trainer.gradient_clip_val",
 )
 #: The verdict as a number, for the HPARAMS tab (its metrics are numbers).
-VERDICT_CODES = {
-    "vanishing": -1.0,
-    "healthy": 0.0,
-    "exploding": 1.0,
-    "non-finite": 2.0,
-    "stalled": 3.0,
-}
+VERDICT_CODES = {"vanishing": -1.0, "healthy": 0.0, "exploding": 1.0, "non-finite": 2.0}
 #: Scalars logged once, at the end of fit (``DashboardCallback``), for the HPARAMS tab.
 INITIAL_RATIO = "verdict/initial_first_last_ratio"
 FINAL_RATIO = "verdict/final_first_last_ratio"
@@ -51,7 +45,7 @@ HPARAMS_METRICS = (
     (INITIAL_RATIO, "first/last ratio, first step"),
     (FINAL_RATIO, "first/last ratio, last step"),
     (JUDGED_RATIO, "first/last ratio judged (median)"),
-    (VERDICT_CODE, "verdict: -1 vanishing, 0 healthy, 1 exploding, 2 non-finite, 3 stalled"),
+    (VERDICT_CODE, "verdict: -1 vanishing, 0 healthy, 1 exploding, 2 non-finite"),
 )
 
 
