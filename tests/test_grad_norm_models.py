@@ -598,3 +598,26 @@ def test_max_norm_every_third_step(tmp_path):
         total = max(float(g.abs().max()) for g in grads.values())
         assert log.values("grad_norm/total")[step] == pytest.approx(total, rel=1e-6)
     assert cb.first_step == 0 and cb.summary()["initial_first_last_ratio"] == cb.ratios[0]
+
+
+def test_torchvision_resnet18_norms_and_order(tmp_path):
+    from torchvision.models import resnet18
+
+    torch.manual_seed(0)
+    images = DataLoader(TensorDataset(torch.randn(8, 3, 32, 32), torch.randint(0, 10, (8,))), 4)
+    probe, log = GradProbe(), MemoryLogger()
+    cb = GradientNormCallback(log_every_n_steps=1)
+    trainer(tmp_path, [probe, cb], max_steps=1, logger=log).fit(
+        Classifier(resnet18(num_classes=10)), images
+    )
+    names = cb.layer_names
+    assert names[:2] == ["net.conv1", "net.bn1"] and names[-1] == "net.fc"
+    # Inside a block: conv1, bn1, conv2, bn2; the downsample branch before the block's output.
+    block = [n for n in names if n.startswith("net.layer2.0.")]
+    assert block.index("net.layer2.0.conv1") < block.index("net.layer2.0.conv2")
+    _, _, grads = probe.grads[0]
+    for layer in ("net.conv1", "net.layer3.1.bn2", "net.layer4.0.downsample.0", "net.fc"):
+        assert log.values(f"grad_norm/{layer}")[0] == pytest.approx(
+            layer_norm(grads, layer), rel=1e-5
+        )
+    assert log.values("grad_norm/total")[0] == pytest.approx(norm(grads.values()), rel=1e-5)
