@@ -1,0 +1,402 @@
+"""Tests written to kill mutants that survived ``make mutation`` (scripts/mutation.py).
+
+Each asserts against an independent computation: plain torch or math here, never the
+module's own helpers.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from pathlib import Path
+
+import pytest
+
+from gradwatch.report import claims as C
+from gradwatch.report.collect import Job
+
+PASS, FAIL, NOT_MEASURED = "pass", "fail", "not measured"
+
+
+# -- the report's claims: one condition at a time, boundaries, and the text ------------------
+def job(experiment, depth, ratio=None, acc=None, residual=None, name=None, status="completed"):
+    return Job(
+        job=name or f"{experiment}-{depth}",
+        experiment=experiment,
+        depth=depth,
+        width=None,
+        activation=None,
+        init=None,
+        norm=None,
+        residual=residual,
+        steps=None,
+        val_acc=acc,
+        test_acc=None,
+        initial_first_last_ratio=ratio,
+        final_first_last_ratio=None,
+        verdict=None,
+        status=status,
+        error=None,
+        duration_s=None,
+        overrides="",
+        path=Path("."),
+    )
+
+
+def groups(*jobs):
+    out: dict[str, list[Job]] = {}
+    for j in jobs:
+        out.setdefault(j.experiment, []).append(j)
+    return out
+
+
+@pytest.mark.parametrize(
+    ("ratio", "result"),
+    [(1e-6, PASS), (1e-7, PASS), (2e-6, FAIL)],  # "10^-6 or more": 1e-6 itself passes
+)
+def test_reduce_1e6_boundary(ratio, result):
+    claim = C.sigmoid_10_layers_reduce_1e6(groups(job("sigmoid", 10, ratio)))
+    assert claim.result == result
+    assert claim.evidence == f"depth 10: {ratio:.2e}"
+
+
+@pytest.mark.parametrize(
+    ("orders", "result"),
+    [(6, PASS), (6.5, PASS), (10, PASS), (5.5, FAIL), (10.5, FAIL)],
+)
+def test_six_to_ten_orders_boundaries(orders, result):
+    claim = C.six_to_ten_orders(groups(job("sigmoid", 10, 10.0**-orders)))
+    assert claim.result == result
+    assert claim.evidence == f"depth 10: {orders:.1f}"
+
+
+def test_exponential_shrink_fails_on_the_fit_alone():
+    # 1e-4 * 0.5^depth: under 0.25^depth at 5 and 10, but the per-layer factor is 0.5.
+    runs = [job("sigmoid", d, 1e-4 * 0.5**d) for d in (5, 10)]
+    claim = C.sigmoid_shrinks_exponentially(groups(*runs))
+    assert all(j.initial_first_last_ratio <= 0.25**j.depth for j in runs)
+    assert claim.result == FAIL
+    assert claim.evidence.startswith("per-layer factor 0.500 (fit over depths [5, 10]); ")
+    assert "depth 5: 3.13e-06 vs 0.25^L = 9.8e-04" in claim.evidence
+    assert "; depth 10: 9.77e-08 vs 0.25^L = 9.5e-07" in claim.evidence
+
+
+def test_exponential_shrink_fails_on_the_bound_alone():
+    # 100 * 0.1^depth: factor 0.1, but at depth 5 the ratio 1e-3 is above 0.25^5 = 9.8e-4.
+    runs = [job("sigmoid", d, 100 * 0.1**d) for d in (5, 10)]
+    claim = C.sigmoid_shrinks_exponentially(groups(*runs))
+    assert claim.result == FAIL
+    assert claim.evidence.startswith("per-layer factor 0.100 ")
+
+
+def test_exponential_shrink_passes_at_the_bound_and_counts_an_underflow_as_below():
+    # 0.2^depth: factor 0.2; a 0 ratio (underflow) is below any bound and left out of the fit.
+    runs = [job("sigmoid", 5, 0.2**5), job("sigmoid", 10, 0.2**10), job("sigmoid", 40, 0.0)]
+    claim = C.sigmoid_shrinks_exponentially(groups(*runs))
+    assert claim.result == PASS
+    assert claim.evidence.startswith("per-layer factor 0.200 (fit over depths [5, 10]); ")
+    assert claim.evidence.endswith("; depth 40: 0 (underflow) vs 0.25^L = 8.3e-25")
+    # exactly at the bound at depth 5 still passes
+    at_bound = [job("sigmoid", 5, 0.25**5), job("sigmoid", 10, 0.2**5 * 0.25**5)]
+    assert C.sigmoid_shrinks_exponentially(groups(*at_bound)).result == PASS
+
+
+def test_exponential_shrink_needs_two_depths():
+    claim = C.sigmoid_shrinks_exponentially(groups(job("sigmoid", 10, 1e-9)))
+    assert claim.result == NOT_MEASURED
+    assert claim.evidence == "needs completed sigmoid jobs at two or more depths"
+    assert claim.check.startswith("sigmoid, every depth: ratio at step 0 <= 0.25^depth")
+
+
+@pytest.mark.parametrize(("acc", "result"), [(0.2, PASS), (0.19, PASS), (0.21, FAIL)])
+def test_untrainable_is_at_most_chance_plus_a_tenth(acc, result):
+    claim = C.deep_sigmoid_untrainable(groups(job("sigmoid", 20, 1e-9, acc=acc)))
+    assert claim.result == result
+    assert claim.evidence == f"depth 20: {acc:.3f}"
+    assert claim.check == "sigmoid, depth >= 20: validation accuracy <= chance + 0.1 (0.2)"
+    assert C.deep_sigmoid_untrainable(groups(job("sigmoid", 19, 1e-9, acc=0.9))).evidence == (
+        "no completed sigmoid job at depth >= 20"
+    )
+
+
+@pytest.mark.parametrize(("ratio", "result"), [(1e-2, PASS), (1e2, PASS), (0.009, FAIL), (101, FAIL)])
+def test_healthy_band_includes_its_ends(ratio, result):
+    claim = C._healthy_everywhere(groups(job("relu", 10, ratio, acc=0.5)), "relu", "q")
+    assert claim.result == result
+    assert claim.evidence == f"depth 10: {ratio:.2e} (val acc 0.500)"
+    assert claim.check == "relu, every depth: ratio at step 0 within [0.01, 100]"
+
+
+def test_not_measured_claims_say_why_and_are_from_the_sweep():
+    claims = C.check_claims([])
+    sweep = [c for c in claims if c.source == "sweep"]
+    assert len(sweep) == 10 and all(c.result == NOT_MEASURED for c in sweep)
+    assert [c.evidence for c in sweep] == [
+        "no completed sigmoid job at depth 10",
+        "no completed sigmoid job at depth 10 with a ratio",
+        "needs completed sigmoid jobs at two or more depths",
+        "no completed sigmoid job at depth >= 20",
+        "no completed relu job",
+        "no completed tanh job",
+        "no completed batchnorm job",
+        "no completed residual job at depth >= 20 (try SWEEP=full or SWEEP=deep)",
+        "no completed residual job at depth >= 100 (try SWEEP=full or SWEEP=deep)",
+        "needs completed plain and residual jobs",
+    ]
+    assert [c.quote for c in sweep] == [
+        "A 10-layer sigmoid network can reduce gradients by a factor of 10^-6 or more.",
+        "Layers near the input receive gradients that are 6-10 orders of magnitude smaller "
+        "[than the output layer].",
+        "Sigmoid's max derivative is 0.25 ... the chain rule multiplies these small values "
+        "across layers: the product shrinks exponentially with depth (0.25^10 = 9.5e-7).",
+        "A 20-layer [sigmoid] network becomes essentially untrainable.",
+        "ReLU has a derivative of 1 for positive inputs, preventing gradient decay; He "
+        "initialization maintains gradient variance across layers.",
+        "Xavier/Glorot initialization [for tanh] maintains gradient variance.",
+        "Batch normalization ... helps maintain gradient flow.",
+        "Use residual connections for very deep networks (>20 layers).",
+        "Residual connections ... enabling networks with hundreds of layers to train "
+        "effectively.",
+        "Skip connections in ResNets provide direct gradient pathways, allowing gradients to "
+        "flow unchanged through shortcut connections.",
+    ]
+    assert [c.check for c in sweep] == [
+        "sigmoid, depth 10: first/last gradient-norm ratio at step 0 <= 1e-6",
+        "sigmoid, depth 10: -log10(first/last ratio at step 0) between 6 and 10",
+        "sigmoid, every depth: ratio at step 0 <= 0.25^depth, and a fit of log10(ratio) vs "
+        "depth gives a per-layer factor <= 0.25 (a ratio of 0 is an underflow: counts as "
+        "below the bound, left out of the fit)",
+        "sigmoid, depth >= 20: validation accuracy <= chance + 0.1 (0.2)",
+        "relu, every depth: ratio at step 0 within [0.01, 100]",
+        "tanh, every depth: ratio at step 0 within [0.01, 100]",
+        "batchnorm, every depth: ratio at step 0 within [0.01, 100]",
+        "residual nets, every swept depth >= 20: the best validation accuracy >= 0.9",
+        "residual nets, every swept depth >= 100: the best validation accuracy >= 0.9",
+        "the deepest net that trains (val acc >= 0.9) with skips is deeper than the deepest "
+        "without",
+    ]
+
+
+def test_trained_includes_the_threshold_less_its_slack():
+    at = job("deep_rezero", 20, 1.0, acc=0.9 - 1e-6, residual=True)
+    below = job("deep_rezero", 20, 1.0, acc=0.9 - 1e-5, residual=True)
+    assert C._trains(groups(at), 20, "q").result == PASS
+    assert C._trains(groups(below), 20, "q").result == FAIL
+
+
+def test_trains_fails_when_any_depth_fails_not_just_the_last():
+    runs = [
+        job("deep_rezero", 20, 1.0, acc=0.5, residual=True),
+        job("deep_rezero", 40, 1.0, acc=0.95, residual=True),
+    ]
+    claim = C._trains(groups(*runs), 20, "q")
+    assert claim.result == FAIL
+    assert claim.evidence == "depth 20: deep_rezero 0.500; depth 40: deep_rezero 0.950"
+
+
+def test_deepest_plain_vs_residual_needs_both_kinds():
+    residual_only = groups(job("deep_rezero", 100, 1.0, acc=0.95, residual=True))
+    plain_only = groups(job("relu", 10, 0.5, acc=0.95, residual=False))
+    for g in (residual_only, plain_only):
+        claim = C.deepest_plain_vs_residual(g)
+        assert claim.result == NOT_MEASURED
+        assert claim.evidence == "needs completed plain and residual jobs"
+
+
+def test_deepest_plain_vs_residual_evidence_when_no_plain_net_trains():
+    g = groups(
+        job("relu", 10, 0.5, acc=0.2, residual=False),
+        job("relu", 1000, 0.5, acc=0.1, residual=False),
+        job("deep_rezero", 100, 1.5, acc=0.95, residual=True),
+    )
+    claim = C.deepest_plain_vs_residual(g)
+    assert claim.result == PASS
+    assert claim.evidence == (
+        "deepest plain: none trains (depths 10, 1,000); deepest residual: deep_rezero at "
+        "depth 100 (val acc 0.950, ratio at step 0 1.50e+00)"
+    )
+
+
+def test_theory_claims_results_and_numbers():
+    power = 0.25**10
+    arithmetic, demo, tanh = C.theory_claims()
+    assert all(c.source == "theory" for c in (arithmetic, demo, tanh))
+    assert arithmetic.result == PASS and arithmetic.evidence == f"0.25^10 = {power:.3e}"
+    assert abs(power - 9.5e-7) / 9.5e-7 < 0.01  # the article rounds 9.54e-7 to 9.5e-7
+    # The corrected demo: mean |gradient| grows from input to output, so it passes.
+    assert demo.result == PASS and demo.evidence.startswith("layer 1: ")
+    # Mean tanh'(z) of a Xavier tanh MLP at init is far above the article's 0.4.
+    value = float(tanh.evidence.rsplit("= ", 1)[1])
+    assert tanh.result == (PASS if 0.3 <= value <= 0.5 else FAIL) == FAIL
+
+
+def test_claims_md_exact_text(tmp_path):
+    claims = [
+        C.Claim("a | b", "c\nd", PASS, "e", "sweep"),
+        C.Claim("q2", "k2", NOT_MEASURED, "w", "sweep"),
+        C.Claim("q3", "k3", FAIL, "x", "theory"),
+    ]
+    jobs = [job("relu", 10), job("relu", 20, status="failed")]
+    out = tmp_path / "claims.md"
+    C.write_claims(claims, jobs, out, "The title")
+    assert out.read_text() == (
+        "# The title\n"
+        "\n"
+        "1 pass, 1 fail, 1 not measured. Measured on 1 completed jobs (1 more did not "
+        "complete: see summary.md). Ratio = first layer's gradient norm / output layer's, at "
+        "step 0.\n"
+        "\n"
+        "| # | the article says | checked | result | measured |\n"
+        "| --- | --- | --- | --- | --- |\n"
+        "| 1 | a \\| b | c d | **PASS** | e |\n"
+        "| 2 | q2 | k2 | **not measured** | w |\n"
+        "| 3 | q3 | (theory) k3 | **FAIL** | x |\n"
+        "\n"
+        "Thresholds: healthy band 0.01 to 100 (the callback's verdict band); trained: val acc "
+        ">= 0.9; untrainable: val acc <= chance (0.1) + 0.1. (theory) rows come from the "
+        "article's numpy demos with the corrected sigmoid derivative (python -m "
+        "gradwatch.report.theory).\n"
+    )
+    C.write_claims(claims[:1], jobs[:1], out, "T")
+    assert out.read_text().splitlines()[2] == (
+        "1 pass, 0 fail, 0 not measured. Measured on 1 completed jobs. Ratio = first layer's "
+        "gradient norm / output layer's, at step 0."
+    )
+
+
+# -- nets/init.py: every scheme's distribution against its formula ----------------------------
+import lightning as L  # noqa: E402
+import torch  # noqa: E402
+from torch import nn  # noqa: E402
+
+from gradwatch.nets.init import init_weights  # noqa: E402
+
+FAN_IN, FAN_OUT = 400, 100  # 40,000 weights: std to ~0.4%, the max within 0.1% of the bound
+
+
+def initialized(init: str, **kwargs) -> torch.Tensor:
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(FAN_IN, FAN_OUT))
+    init_weights(net, init, **kwargs)
+    return net[0].weight.detach().double()
+
+
+UNIFORM_BOUND = {  # U(-b, b) with b = gain * sqrt(3 / fan)
+    "default": 1 / math.sqrt(FAN_IN),  # kaiming_uniform(a=sqrt(5)): gain sqrt(1/3)
+    "kaiming_uniform": math.sqrt(2) * math.sqrt(3 / FAN_IN),
+    "xavier_uniform": math.sqrt(6 / (FAN_IN + FAN_OUT)),
+}
+NORMAL_STD = {
+    "normal": 0.01,
+    "kaiming_normal": math.sqrt(2 / FAN_IN),
+    "xavier_normal": math.sqrt(2 / (FAN_IN + FAN_OUT)),
+}
+
+
+@pytest.mark.parametrize("init", sorted(UNIFORM_BOUND))
+def test_uniform_inits_have_their_bound(init):
+    w, bound = initialized(init), UNIFORM_BOUND[init]
+    assert w.abs().max() <= bound
+    assert w.abs().max() > 0.995 * bound
+    assert w.std().item() == pytest.approx(bound / math.sqrt(3), rel=0.02)
+
+
+@pytest.mark.parametrize("init", sorted(NORMAL_STD))
+def test_normal_inits_have_their_std(init):
+    w, std = initialized(init), NORMAL_STD[init]
+    assert w.std().item() == pytest.approx(std, rel=0.02)
+    assert abs(w.mean().item()) < 0.02 * std
+    assert w.abs().max() > 3.5 * std  # unbounded: a uniform of this std stops at 1.73 std
+
+
+def test_orthogonal_init_has_orthonormal_rows():
+    w = initialized("orthogonal")
+    assert torch.allclose(w @ w.T, torch.eye(FAN_OUT, dtype=w.dtype), atol=1e-5)
+
+
+def test_scale_multiplies_and_bias_zeros_only_weighted_layers():
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.Flatten(), nn.LazyLinear(2))
+    net(torch.randn(1, 3, 5, 5))
+    torch.manual_seed(1)
+    init_weights(net, "xavier_normal")
+    once = [p.detach().clone() for p in net.parameters()]
+    torch.manual_seed(1)
+    init_weights(net, "xavier_normal", scale=2.0, bias="zeros")
+    conv, bn, _, lin = net
+    assert torch.equal(conv.weight, 2 * once[0]) and torch.equal(lin.weight, 2 * once[4])
+    assert not conv.bias.any() and not lin.bias.any()
+    assert torch.equal(bn.weight, torch.ones(4)) and torch.equal(bn.bias, torch.zeros(4))
+
+
+def test_default_bias_and_scale_leave_pytorch_init_alone():
+    torch.manual_seed(0)
+    reference = nn.Linear(FAN_IN, FAN_OUT)
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(FAN_IN, FAN_OUT))
+    init_weights(net)
+    assert torch.equal(net[0].weight, reference.weight)
+    assert torch.equal(net[0].bias, reference.bias)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"init": "he"}, "Unknown init 'he'"),
+        ({"bias": "ones"}, "Unknown bias init 'ones'. Valid choices: default, zeros."),
+        ({"scale": 0.0}, "init_scale must be a positive number, got 0.0"),
+    ],
+)
+def test_bad_init_arguments(kwargs, message):
+    with pytest.raises(ValueError, match=re.escape(message)):
+        init_weights(nn.Linear(2, 2), **kwargs)
+
+
+# -- activation saturation: the margin scales with the output range (tanh: -1..1) -------------
+class Fixed(nn.Module):
+    """A tanh and a sigmoid fed fixed pre-activations, beside a trainable linear layer."""
+
+    def __init__(self, tanh_out: list[float], sigmoid_out: list[float]) -> None:
+        super().__init__()
+        self.linear = nn.Linear(64, 10)
+        self.tanh, self.sigmoid = nn.Tanh(), nn.Sigmoid()
+        self.register_buffer("t", torch.atanh(torch.tensor(tanh_out, dtype=torch.float64)).float())
+        s = torch.tensor(sigmoid_out, dtype=torch.float64)
+        self.register_buffer("s", torch.log(s / (1 - s)).float())
+
+    def forward(self, x):
+        n = x.shape[0]
+        extra = self.tanh(self.t.expand(n, -1)).sum() + self.sigmoid(self.s.expand(n, -1)).sum()
+        return self.linear(x.flatten(1)) + 0 * extra
+
+
+def test_tanh_saturation_uses_a_margin_scaled_to_its_range(tmp_path):
+    from gradwatch.callbacks import ActivationStatsCallback
+    from gradwatch.data import DigitsDataModule
+    from gradwatch.module import ClassifierModule
+    from tests.memory_logger import MemoryLogger
+
+    tanh_out = [0.97, -0.97, 0.95, -0.95, 0.0, 0.5, 0.99, -0.1]
+    sigmoid_out = [0.985, 0.015, 0.975, 0.025, 0.5, 0.6, 0.999, 0.1]
+    log = MemoryLogger()
+    cb = ActivationStatsCallback(log_every_n_steps=1)
+    trainer = L.Trainer(
+        max_steps=1, accelerator="cpu", logger=log, callbacks=[cb], enable_checkpointing=False,
+        enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0,
+        default_root_dir=tmp_path,
+    )
+    net, dm = Fixed(tanh_out, sigmoid_out), DigitsDataModule(seed=0)
+    trainer.fit(ClassifierModule(net, num_classes=10), datamodule=dm)
+    # independent: saturated = within 2% of the range (tanh: 0.04, sigmoid: 0.02) of an end
+    want_tanh = sum(abs(v) > 1 - 0.02 * 2 for v in tanh_out) / len(tanh_out)
+    want_sigmoid = sum(v < 0.02 or v > 0.98 for v in sigmoid_out) / len(sigmoid_out)
+    assert (want_tanh, want_sigmoid) == (3 / 8, 3 / 8)
+    assert log.values("activation/net.tanh/saturation")[0] == pytest.approx(want_tanh)
+    assert log.values("activation/net.sigmoid/saturation")[0] == pytest.approx(want_sigmoid)
+    t = torch.tensor(tanh_out, dtype=torch.float64).repeat(dm.batch_size)  # every example
+    assert log.values("activation/net.tanh/mean")[0] == pytest.approx(t.mean().item(), abs=1e-6)
+    assert log.values("activation/net.tanh/std")[0] == pytest.approx(t.std().item(), rel=1e-5)
+    assert "activation/net.tanh/dead" not in log.rows[0][1]
+    signals = cb.signals()
+    assert signals["saturation"] == pytest.approx([want_tanh, want_sigmoid])
+    assert signals["dead"] == []
