@@ -131,6 +131,10 @@ def undecorate(source: str) -> str:
     return "".join(lines)
 
 
+def fresh_log(again: bool, resume: bool) -> bool:
+    return not (again or resume)
+
+
 def prepare(group: str, fresh: bool) -> Path:
     """The workspace: links to src/ tests/ configs/ scripts/, and a pyproject for mutmut."""
     files, tests = GROUPS[group]
@@ -143,11 +147,11 @@ def prepare(group: str, fresh: bool) -> Path:
             (ws / name).symlink_to(ROOT / name)
     # mutmut's tree must exist before it starts: PYTHONPATH names it (see run_group).
     (ws / "mutants" / "src").mkdir(parents=True, exist_ok=True)
-    shutil.rmtree(ws / "src", ignore_errors=True)
-    shutil.copytree(ROOT / "src", ws / "src", symlinks=True)
-    for f in files:
-        path = ws / f
-        path.write_text(undecorate(path.read_text()))
+    if fresh or not (ws / "src").exists():
+        shutil.copytree(ROOT / "src", ws / "src", symlinks=True)
+        for f in files:
+            path = ws / f
+            path.write_text(undecorate(path.read_text()))
     pytest_opts = {k: v for k, v in _pytest_options().items() if k != "testpaths"}
     lines = ["[tool.pytest.ini_options]"]
     lines += [f"{k} = {_toml(v)}" for k, v in pytest_opts.items()]
@@ -165,14 +169,15 @@ def prepare(group: str, fresh: bool) -> Path:
     return ws
 
 
-def run_group(group: str, again: bool = False) -> float:
-    """mutmut over one group; ``again``: only rerun the last run's survivors (tests changed)."""
+def run_group(group: str, again: bool = False, resume: bool = False) -> float:
+    """mutmut over one group; ``again``: only rerun the last run's survivors (tests changed);
+    ``resume``: go on with the mutants an interrupted run did not check."""
     names = []
     if again:
         names = [m for f in results(group).values() for m, s in f.items() if not _killed(s)]
         if not names:
             return 0.0
-    ws = prepare(group, fresh=not again)
+    ws = prepare(group, fresh=not (again or resume))
     # Tests that start ``python -m gradwatch...`` in a subprocess run the mutated code too.
     env = {**os.environ, "PYTHONPATH": str(ws / "mutants" / "src")}
     env.update(OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", WANDB_MODE="offline")
@@ -180,7 +185,7 @@ def run_group(group: str, again: bool = False) -> float:
     start = time.monotonic()
     print(f"== {group}: mutmut run in {ws.relative_to(ROOT)}"
           + (f" ({len(names)} survivors again)" if again else ""), flush=True)
-    with open(ws / "mutmut.log", "a" if again else "w") as log:
+    with open(ws / "mutmut.log", "w" if fresh_log(again, resume) else "a") as log:
         subprocess.run(
             [str(mutmut), "run", "--max-children", "1", *names],
             cwd=ws, env=env, stdout=log, stderr=subprocess.STDOUT, check=False,
@@ -274,6 +279,8 @@ def main() -> int:
     p.add_argument("--report", action="store_true", help="only print the last run's report")
     p.add_argument("--again", action="store_true",
                    help="rerun only the last run's survivors (after adding tests)")
+    p.add_argument("--resume", action="store_true",
+                   help="go on with an interrupted run (its results are kept)")
     p.add_argument("--no-diffs", action="store_true", help="survivors by name only")
     a = p.parse_args()
     groups = a.groups or list(GROUPS)
@@ -282,7 +289,7 @@ def main() -> int:
     if not a.report:
         start = time.monotonic()
         for g in groups:
-            run_group(g, again=a.again)
+            run_group(g, again=a.again, resume=a.resume)
         print(f"\nmutation run: {time.monotonic() - start:.0f} s wall", flush=True)
     return report(groups, with_diffs=not a.no_diffs)
 

@@ -359,7 +359,8 @@ class Fixed(nn.Module):
     def __init__(self, tanh_out: list[float], sigmoid_out: list[float]) -> None:
         super().__init__()
         self.linear = nn.Linear(64, 10)
-        self.tanh, self.sigmoid = nn.Tanh(), nn.Sigmoid()
+        self.tanh, self.sigmoid, self.relu = nn.Tanh(), nn.Sigmoid(), nn.ReLU()
+        self.register_buffer("r", torch.tensor([-1.0, 2.0, -3.0, 0.5]))  # 2 of 4 units dead
         self.register_buffer("t", torch.atanh(torch.tensor(tanh_out, dtype=torch.float64)).float())
         s = torch.tensor(sigmoid_out, dtype=torch.float64)
         self.register_buffer("s", torch.log(s / (1 - s)).float())
@@ -367,6 +368,7 @@ class Fixed(nn.Module):
     def forward(self, x):
         n = x.shape[0]
         extra = self.tanh(self.t.expand(n, -1)).sum() + self.sigmoid(self.s.expand(n, -1)).sum()
+        extra = extra + self.relu(self.r.expand(n, -1)).sum()
         return self.linear(x.flatten(1)) + 0 * extra
 
 
@@ -381,7 +383,7 @@ def test_tanh_saturation_uses_a_margin_scaled_to_its_range(tmp_path):
     log = MemoryLogger()
     cb = ActivationStatsCallback(log_every_n_steps=1)
     trainer = L.Trainer(
-        max_steps=1, accelerator="cpu", logger=log, callbacks=[cb], enable_checkpointing=False,
+        max_steps=3, accelerator="cpu", logger=log, callbacks=[cb], enable_checkpointing=False,
         enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0,
         default_root_dir=tmp_path,
     )
@@ -397,6 +399,77 @@ def test_tanh_saturation_uses_a_margin_scaled_to_its_range(tmp_path):
     assert log.values("activation/net.tanh/mean")[0] == pytest.approx(t.mean().item(), abs=1e-6)
     assert log.values("activation/net.tanh/std")[0] == pytest.approx(t.std().item(), rel=1e-5)
     assert "activation/net.tanh/dead" not in log.rows[0][1]
+    assert "activation/net.relu/saturation" not in log.rows[0][1]
+    assert log.values("activation/net.relu/dead") == {0: 0.5, 1: 0.5, 2: 0.5}
+    # signals: averaged over the 3 logged steps (constant here), std from the first step
     signals = cb.signals()
     assert signals["saturation"] == pytest.approx([want_tanh, want_sigmoid])
-    assert signals["dead"] == []
+    assert signals["dead"] == pytest.approx([0.5])
+    assert signals["activation_std"] == pytest.approx(
+        [log.values(f"activation/net.{m}/std")[0] for m in ("tanh", "sigmoid", "relu")]
+    )
+    # the checkpointed state: named keys, and a fresh callback that loads it says the same
+    state = cb.state_dict()
+    assert set(state) == {"first_std", "sums"}
+    again = ActivationStatsCallback(log_every_n_steps=1)
+    again.load_state_dict(state)
+    again.on_fit_start(trainer, trainer.lightning_module)
+    assert again.signals() == signals
+    assert ActivationStatsCallback().state_dict() == {"first_std": {}, "sums": {}}
+
+
+# -- GradientNormCallback: AMP skips, the collapsed scaler, the checkpointed state -----------
+from gradwatch.callbacks import GradientNormCallback  # noqa: E402
+from tests.memory_logger import MemoryLogger  # noqa: E402
+from tests.test_grad_norm_models import (  # noqa: E402
+    Classifier,
+    fp16_on_cpu,
+    loader,
+    mlp,
+    trainer,
+)
+
+
+def test_a_skipped_fp16_step_logs_the_skip_count_and_the_new_scale_at_its_step(tmp_path):
+    torch.manual_seed(0)
+    log = MemoryLogger()
+    cb = GradientNormCallback(log_every_n_steps=1)
+    # 2^24 overflows step 0's fp16 gradients; the scaler skips it and backs off by 2^-10.
+    t = trainer(tmp_path, [cb], plugins=[fp16_on_cpu(2.0**24, backoff=2.0**-10)], max_steps=2,
+                logger=log)
+    t.fit(Classifier(mlp(), lr=1e-3), loader())
+    assert log.values("grad_norm/amp_skipped")[0] == 1.0
+    assert log.values("grad_norm/amp_scale")[0] == 2.0**24 * 2.0**-10
+    assert "grad_norm/net.0" not in log.rows[0][1]  # no gradient values for a skipped step
+    assert cb.state_dict()["amp_skipped"] == 1
+
+
+def test_a_collapsed_scaler_names_the_scaler_and_the_step(tmp_path):
+    class NaNLoss(Classifier):
+        def training_step(self, batch, batch_idx):
+            return super().training_step(batch, batch_idx) * float("nan")
+
+    log = MemoryLogger()
+    cb = GradientNormCallback(log_every_n_steps=1, amp_min_scale=1.0)
+    t = trainer(tmp_path, [cb], plugins=[fp16_on_cpu(4.0)], max_steps=20, logger=log)
+    t.fit(NaNLoss(mlp()), loader())
+    # scale 4 -> 2 (step 0) -> 1 (step 1) -> 0.5 (step 2): below amp_min_scale at step 2
+    assert (cb.nonfinite_layer, cb.nonfinite_step) == ("the AMP gradient scaler", 2)
+    assert log.values("grad_norm/amp_scale") == {0: 2.0, 1: 1.0, 2: 0.5}
+    assert log.values("grad_norm/amp_skipped") == {0: 1.0, 1: 2.0, 2: 3.0}
+
+
+def test_the_callback_state_round_trips_through_a_checkpoint_dict(tmp_path):
+    torch.manual_seed(0)
+    cb = GradientNormCallback(log_every_n_steps=2)
+    trainer(tmp_path, [cb], max_steps=4).fit(Classifier(mlp()), loader())
+    state = cb.state_dict()
+    # losses of the logged steps: 0, then (step + 1) % 2 == 0: 1 and 3
+    assert len(state["losses"]) == 3 and all(math.isfinite(v) for v in state["losses"])
+    fresh = GradientNormCallback(log_every_n_steps=2)
+    fresh.load_state_dict(state)
+    again = fresh.state_dict()
+    optimizers = again.pop("optimizers")
+    assert optimizers == {}  # one optimizer's state waits until that optimizer steps
+    assert again == {k: v for k, v in state.items() if k != "optimizers"}
+    assert fresh._saved_opts == {None: state["optimizers"][""]}
