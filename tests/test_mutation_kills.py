@@ -473,3 +473,130 @@ def test_the_callback_state_round_trips_through_a_checkpoint_dict(tmp_path):
     assert optimizers == {}  # one optimizer's state waits until that optimizer steps
     assert again == {k: v for k, v in state.items() if k != "optimizers"}
     assert fresh._saved_opts == {None: state["optimizers"][""]}
+
+
+# -- verdict: thresholds at their edges, the median, and the advice's exact words -------------
+import json  # noqa: E402
+
+from gradwatch.verdict import diagnose  # noqa: E402
+
+GOLDEN = Path(__file__).with_name("mutation_golden")
+
+#: name -> (ratios, signals); the advice each gets is pinned in mutation_golden/.
+VERDICT_SCENARIOS: dict[str, tuple[list[float], dict]] = {
+    "vanishing_ours": ([1e-4], {}),
+    "vanishing_generic": ([1e-4], {"ours": False}),
+    "exploding_ours": ([1e4], {}),
+    "exploding_generic": ([1e4], {"ours": False}),
+    "exploding_batchnorm_ours": ([1e4], {"batchnorm": True}),
+    "exploding_batchnorm_generic": ([1e4], {"batchnorm": True, "ours": False}),
+    "healthy": ([1.0], {}),
+    "nothing_recorded": ([], {}),
+    "nonfinite_ours": ([1.0], {"nonfinite_layer": "net.2", "nonfinite_step": 7}),
+    "nonfinite_generic": ([1.0], {"nonfinite_layer": "net.2", "nonfinite_step": 7, "ours": False}),
+    "starved": ([1.0], {"update_ratios": [1e-7, 1e-3, 1e-3]}),
+    "negligible": ([1.0], {"update_ratios": [1e-8, 1e-7, 1e-8], "ours": False}),
+    "growing": ([1.0], {"activation_std": [0.5, 1.0, 20.0]}),
+    "shrinking": ([1.0], {"activation_std": [2.0, 1.0, 0.1]}),
+    "dead": ([1.0], {"dead": [0.5, 0.3]}),
+    "saturated_generic": ([1.0], {"saturation": [0.9, 0.8], "ours": False}),
+    "loss_flat": ([1.0], {"loss_start": 2.3, "loss_end": 2.2}),
+    "loss_at_chance": ([1.0], {"loss_start": 4.0, "loss_end": 2.2, "chance_loss": 2.3}),
+    "loss_nan": ([1.0], {"loss_start": 2.3, "loss_end": math.nan}),
+    "loss_flat_generic": ([1.0], {"loss_start": 2.3, "loss_end": 2.2, "ours": False}),
+}
+
+
+@pytest.mark.parametrize("name", sorted(VERDICT_SCENARIOS))
+def test_verdict_advice_words(name):
+    """The advice a person reads, word for word (regenerate the file on purpose only)."""
+    want = json.loads((GOLDEN / "verdict_advice.json").read_text())[name]
+    ratios, signals = VERDICT_SCENARIOS[name]
+    d = diagnose(ratios, **signals)
+    assert d.verdict == want["verdict"]
+    assert d.advice == want["advice"]
+    assert list(d.reasons) == want["reasons"]
+    if want["ratio"] is None:
+        assert math.isnan(d.ratio)
+    else:
+        assert d.ratio == pytest.approx(want["ratio"])
+
+
+@pytest.mark.parametrize(
+    ("ratios", "verdict", "ratio"),
+    [
+        ([0.011], "healthy", 0.011),
+        ([99.0], "healthy", 99.0),
+        ([0.0099], "vanishing", 0.0099),
+        ([101.0], "exploding", 101.0),
+        ([1e-3, 1.0, 1.0], "healthy", 1.0),  # the median: one odd step does not decide
+        ([1e-3, 1e-3, 1.0], "vanishing", 1e-3),
+        ([1e-4, 1e-2], "vanishing", 1e-3),  # the geometric mean of the middle two
+        ([0.0, 0.0, 1.0], "vanishing", 0.0),  # an underflowed first layer counts
+        ([math.inf, math.inf, 1.0], "exploding", math.inf),
+        ([math.nan, -1.0, 1e3], "exploding", 1e3),  # NaN and negative ratios are left out
+    ],
+)
+def test_verdict_band_and_median(ratios, verdict, ratio):
+    d = diagnose(ratios)
+    assert d.verdict == verdict
+    assert d.ratio == pytest.approx(ratio)
+
+
+def test_verdict_band_includes_its_ends():
+    # the ratio is exp(median(log r)): with one value, exp(log(v)), rounding included
+    low, high = math.exp(math.log(0.02)), math.exp(math.log(50.0))
+    assert diagnose([0.02], vanishing_ratio=low).verdict == "healthy"
+    assert diagnose([50.0], exploding_ratio=high).verdict == "healthy"
+
+
+def test_verdict_custom_band():
+    assert diagnose([0.05], vanishing_ratio=0.1).verdict == "vanishing"
+    assert diagnose([5.0], exploding_ratio=2.0).verdict == "exploding"
+    assert diagnose([0.05, 5.0], vanishing_ratio=0.1, exploding_ratio=2.0).verdict == "healthy"
+
+
+@pytest.mark.parametrize(
+    ("signals", "verdict"),
+    [
+        ({"dead": [0.25]}, "stalled"),  # at DEAD_SHARE: collapsed
+        ({"dead": [0.2, 0.29]}, "healthy"),  # mean 0.245
+        ({"dead": [0.2, None, math.nan, 0.3]}, "stalled"),  # None/NaN left out of the mean
+        ({"saturation": [0.25]}, "stalled"),
+        ({"saturation": [0.24]}, "healthy"),
+        ({"activation_std": [1.0, 10.0]}, "healthy"),  # x10 is not above STD_GROWTH
+        ({"activation_std": [1.0, 10.5]}, "exploding"),
+        ({"activation_std": [1.0, 0.1]}, "healthy"),  # x0.1 is not below STD_SHRINK
+        ({"activation_std": [1.0, 0.09]}, "stalled"),
+        ({"activation_std": [0.0, 5.0]}, "healthy"),  # no trend from a zero std
+        ({"activation_std": [1.0]}, "healthy"),  # one layer: no trend
+        ({"activation_std": [1.0, math.nan, 20.0]}, "exploding"),
+        ({"update_ratios": [1e-6, 1e-6]}, "healthy"),  # at NEGLIGIBLE_UPDATE: not negligible
+        ({"update_ratios": [9e-7, 9e-7]}, "stalled"),
+        ({"update_ratios": [2e-5, 1e-3, 1e-3]}, "healthy"),  # 0.02 of the median: fine
+        ({"update_ratios": [5e-6, 1e-3, 1e-3]}, "vanishing"),  # 0.005: starved
+        ({"update_ratios": [math.nan, 5e-6, 1e-3, 1e-3]}, "vanishing"),
+        ({"loss_start": 10.0, "loss_end": 9.0}, "healthy"),  # fell by exactly 10%
+        ({"loss_start": 10.0, "loss_end": 9.01}, "stalled"),
+        ({"loss_start": math.nan, "loss_end": 9.5}, "healthy"),  # no start: not judged
+        ({"loss_start": 10.0}, "healthy"),
+        ({"loss_start": 4.0, "loss_end": 1.9, "chance_loss": 2.0}, "stalled"),  # 0.95 chance
+        ({"loss_start": 4.0, "loss_end": 1.89, "chance_loss": 2.0}, "healthy"),
+        ({"loss_start": 4.0, "loss_end": 1.0}, "healthy"),  # no chance loss given
+    ],
+)
+def test_verdict_signal_thresholds(signals, verdict):
+    assert diagnose([1.0], **signals).verdict == verdict
+
+
+def test_verdict_priority_between_signals():
+    starved = {"update_ratios": [5e-6, 1e-3, 1e-3]}
+    growing = {"activation_std": [1.0, 20.0]}
+    dead = {"dead": [0.9]}
+    assert diagnose([1.0], **starved, **growing, **dead).verdict == "vanishing"
+    assert diagnose([1.0], **growing, **dead).verdict == "exploding"
+    # the ratio outside the band wins over every signal, and then no reasons are given
+    d = diagnose([1e4], **starved, **dead)
+    assert (d.verdict, d.reasons) == ("exploding", ())
+    nonfinite = diagnose([1.0], nonfinite_layer="x", **dead)
+    assert nonfinite.verdict == "non-finite" and math.isnan(nonfinite.ratio)
