@@ -27,8 +27,9 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP) ## create .venv and install gradwatch with its dev tools
 
+# The default run is the article's sigmoid net, unless ARGS names another experiment.
 train: $(STAMP) ## train the default run (the article's 10-layer sigmoid MLP) on digits
-	$(BIN)/python -m gradwatch.train $(ARGS)
+	$(BIN)/python -m gradwatch.train $(if $(findstring experiment=,$(ARGS)),,experiment=sigmoid) $(ARGS)
 
 train-sigmoid: $(STAMP) ## the article's DeepSigmoidNet: watch the gradients vanish
 	$(BIN)/python -m gradwatch.train experiment=sigmoid $(ARGS)

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from gradwatch.summary import read_summary
+from gradwatch.run.summary import read_summary
 from gradwatch.train import train
 from tests.conftest import run_cli
 from tests.runs import compose_run, run_main

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from gradwatch.loggers.hparams import HPARAMS_METRICS, VERDICT_CODE
-from gradwatch.loggers.wandb_run import WANDB_ID_FILE
+from gradwatch.run.files import WANDB_ID_FILE
 from gradwatch.train import train
 from tests.browser import browser
 from tests.conftest import run_cli

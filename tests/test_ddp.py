@@ -14,9 +14,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from gradwatch.checkpoint_io import load_plain
 from gradwatch.plots import read_grad_norms
-from gradwatch.summary import read_summary
+from gradwatch.run.checkpoint_io import load_plain
+from gradwatch.run.summary import read_summary
 from tests.conftest import run_cli
 from tests.runs import TINY as RUN_TINY
 from tests.runs import checkpoint_step, grad_norm_rows, launch, only_run_dir, wait_until

@@ -20,21 +20,21 @@ import lightning as L
 import pytest
 import torch
 
-from gradwatch.checkpoint_io import (
+from gradwatch.data import CIFAR10DataModule, DigitsDataModule
+from gradwatch.module import ClassifierModule
+from gradwatch.nets import MLP
+from gradwatch.run.checkpoint_io import (
     TMP_MARK,
     AtomicCheckpointIO,
     UnsafeCheckpointError,
     load_plain,
     replace_with_link,
 )
-from gradwatch.data import CIFAR10DataModule, DigitsDataModule
-from gradwatch.module import ClassifierModule
-from gradwatch.nets import MLP
-from gradwatch.resume import last_checkpoint_in, load_checkpoint
-from gradwatch.run_lock import RunLock, RunLockedError
-from gradwatch.summary import read_summary
+from gradwatch.run.lock import RunLock, RunLockedError
+from gradwatch.run.resume import last_checkpoint_in, load_checkpoint
+from gradwatch.run.summary import read_summary
+from gradwatch.run.write_errors import disk_error
 from gradwatch.train import train
-from gradwatch.write_errors import disk_error
 from tests.conftest import run_cli
 from tests.fake_vision import write_cifar10
 from tests.runs import (
@@ -272,15 +272,15 @@ KILL_POINTS = {
     "mid-write": ("write", False),  # the temporary file is cut to half its size, then killed
     "before-fsync": ("os.fsync", False),
     "before-rename": ("os.replace", False),
-    "after-rename": ("gradwatch.checkpoint_io.fsync_dir", True),
+    "after-rename": ("gradwatch.run.checkpoint_io.fsync_dir", True),
 }
 
 _SAVER = textwrap.dedent(
     """
     import os, signal, sys
     import torch
-    import gradwatch.checkpoint_io as cio
-    from gradwatch.checkpoint_io import AtomicCheckpointIO, load_plain
+    import gradwatch.run.checkpoint_io as cio
+    from gradwatch.run.checkpoint_io import AtomicCheckpointIO, load_plain
 
     path, point = sys.argv[1], sys.argv[2]
     checkpoint = load_plain(path)

@@ -12,7 +12,7 @@ import yaml
 from gradwatch.report import build_report, collect_jobs, newest_multirun
 from gradwatch.report.__main__ import main as report_main
 from gradwatch.report.claims import FAIL, NOT_MEASURED, PASS, check_claims
-from gradwatch.summary import update_summary
+from gradwatch.run.summary import update_summary
 
 NETS = {
     "sigmoid": {"activation": "sigmoid", "init": "default", "norm": "none", "residual": False},

@@ -13,7 +13,7 @@ import pytest
 import yaml
 from hydra import compose, initialize_config_dir
 
-from gradwatch.sweep import single_job_argv
+from gradwatch.run.sweep import single_job_argv
 from tests.conftest import CONFIG_DIR, run_cli
 
 FAST = ["debug=fast", "logger=csv"]

@@ -89,7 +89,7 @@ def test_bad_net_options_exit_nonzero_with_a_clear_message(tmp_path, override, m
     result = run_cli(override, "debug=fast", f"paths.log_dir={tmp_path}", cwd=tmp_path)
     assert result.returncode != 0
     assert message in result.stderr
-    (run_dir,) = (tmp_path / "sigmoid" / "runs").iterdir()
+    (run_dir,) = (tmp_path / "train" / "runs").iterdir()  # no experiment: task_name train
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["status"] == "failed" and message.split(".")[0] in summary["error"]
     assert summary.keys() >= SUMMARY_KEYS  # every contract key, None where nothing was measured

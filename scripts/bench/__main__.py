@@ -5,7 +5,7 @@ each exposes ``run(repeats: int, quick: bool) -> list[Row]``. They run one after
 in this process with torch threads pinned; the table of medians and ratios is printed and
 written to ``<out>/bench-<timestamp>.{json,md}`` and ``<out>/latest.{json,md}``.
 
-    python -m scripts.bench                     # all groups but the long ones, 5 repeats
+    python -m scripts.bench                     # all groups but the long ones, 3 repeats
     python -m scripts.bench --quick --repeats 1 --groups training
 """
 
@@ -53,7 +53,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help=f"comma-separated groups to run (default: {', '.join(default)}; also: "
         f"{', '.join(sorted(LONG_GROUPS))})",
     )
-    parser.add_argument("--repeats", type=int, default=5, help="timed repeats per row")
+    parser.add_argument("--repeats", type=int, default=3, help="timed repeats per row")
     parser.add_argument("--quick", action="store_true", help="shorter runs, long rows skipped")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
     parser.add_argument(

@@ -23,13 +23,13 @@ from pathlib import Path
 import lightning as L
 import torch
 import torch.nn.functional as F
-from lightning.pytorch.utilities import grad_norm
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from gradwatch.callbacks import GradientNormCallback
 from gradwatch.loggers.tensorboard import BatchedTensorBoardLogger
 from scripts.bench.core import Row, quiet, with_ratios
+from scripts.bench.grad_norm import LightningGradNorm
 
 GROUP = "callback_cost"
 
@@ -45,13 +45,6 @@ class Classify(L.LightningModule):
 
     def configure_optimizers(self):
         return torch.optim.SGD(self.parameters(), lr=self.lr, momentum=0.9)
-
-
-class LightningGradNorm(L.Callback):
-    """Lightning's documented recipe: ``self.log_dict(grad_norm(self, norm_type=2))``."""
-
-    def on_before_optimizer_step(self, trainer, pl_module, optimizer) -> None:
-        pl_module.log_dict(grad_norm(pl_module, norm_type=2))
 
 
 class StepTimes(L.Callback):

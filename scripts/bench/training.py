@@ -36,12 +36,12 @@ import lightning as L
 import torch
 from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
-from omegaconf import DictConfig, OmegaConf, open_dict
+from omegaconf import DictConfig, open_dict
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 import gradwatch
-from gradwatch.train import _instantiate_group
+from gradwatch.train import build_model, build_trainer
 from scripts.bench.core import Row, quiet
 
 GROUP = "training"
@@ -100,23 +100,13 @@ class EpochClock(L.Callback):
 
 
 def stack_steps_per_s(cfg: DictConfig, warmup: int, epochs: int) -> float:
-    """Our stack as ``gradwatch.train`` builds it, timed by :class:`EpochClock`."""
-    L.seed_everything(cfg.seed, workers=True, verbose=False)
-    if cfg.get("flush_denormal"):
-        torch.set_flush_denormal(True)
-    datamodule = instantiate(cfg.data)
-    net = instantiate(
-        cfg.model.net, input_shape=datamodule.input_shape, num_classes=datamodule.num_classes
-    )
-    module_cfg = OmegaConf.masked_copy(cfg.model, [k for k in cfg.model if k != "net"])
-    model = instantiate(module_cfg, net=net, num_classes=datamodule.num_classes)
+    """Our stack as ``gradwatch.train`` builds it (the same two calls), timed by
+    :class:`EpochClock`."""
+    with open_dict(cfg):
+        cfg.trainer.max_epochs = warmup + epochs
+    datamodule, model = build_model(cfg)
     timer = EpochClock(warmup)
-    trainer = instantiate(
-        cfg.trainer,
-        max_epochs=warmup + epochs,
-        callbacks=[*_instantiate_group(cfg.get("callbacks")), timer],
-        logger=_instantiate_group(cfg.get("logger")) or False,
-    )
+    trainer = build_trainer(cfg, [timer])
     try:
         trainer.fit(model, datamodule=datamodule)
     finally:

@@ -10,8 +10,10 @@ from rich.console import Console
 from rich.table import Table
 
 from gradwatch.callbacks.grad_norm import GradientNormCallback
-from gradwatch.run_files import GRADIENT_FLOW_FILE
+from gradwatch.run.files import GRADIENT_FLOW_FILE, TENSORBOARD_DIR
 
+#: A deeper net's table shows its first and last layers only.
+TABLE_ROWS = 24
 VERDICT_STYLE = {
     "vanishing": "bold red",
     "exploding": "bold red",
@@ -57,7 +59,16 @@ def print_report(
         table.add_column("layer")
         table.add_column(f"step {grad_cb.first_step}", justify="right")
         table.add_column(f"step {grad_cb.last_step}", justify="right")
-        for depth, name in enumerate(grad_cb.layer_names, 1):
+        names = list(enumerate(grad_cb.layer_names, 1))
+        if len(names) > TABLE_ROWS:  # a deep net: its ends, and grad_norms.csv for the rest
+            names = [*names[: TABLE_ROWS // 2], None, *names[-(TABLE_ROWS // 2) :]]
+        for row in names:
+            if row is None:
+                table.add_row(
+                    "...", f"({len(grad_cb.layer_names) - TABLE_ROWS} more)", "...", "..."
+                )
+                continue
+            depth, name = row
             table.add_row(
                 str(depth),
                 name,
@@ -84,8 +95,8 @@ def print_report(
         console.print(f"[bold red]stopped early:[/] {summary['stop_reason']}")
     console.print(f"run directory: {run_dir}")
     if (run_dir / GRADIENT_FLOW_FILE).exists():
-        console.print(f"gradient-flow figure: {run_dir / 'gradient_flow.png'}")
-    if (run_dir / "tensorboard").exists():
+        console.print(f"gradient-flow figure: {run_dir / GRADIENT_FLOW_FILE}")
+    if (run_dir / TENSORBOARD_DIR).exists():
         console.print(
-            f"TensorBoard: tensorboard --logdir {run_dir / 'tensorboard'}  (or make tensorboard)"
+            f"TensorBoard: tensorboard --logdir {run_dir / TENSORBOARD_DIR}  (or make tensorboard)"
         )

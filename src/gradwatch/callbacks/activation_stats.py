@@ -8,6 +8,7 @@ import lightning as L
 import torch
 from torch import nn
 
+from gradwatch.callbacks.eager_pass import EagerPass
 from gradwatch.callbacks.layers import stable_name
 from gradwatch.schedule import check_interval, logs_at
 
@@ -69,10 +70,9 @@ class ActivationStatsCallback(L.Callback):
         self.log_every_n_steps = log_every_n_steps
         self.saturation_margin = saturation_margin
         self._modules: list[tuple[str, nn.Module]] = []
-        self._handles: list[Any] = []
+        self._pass = EagerPass()  # the hooks of one logging step
         self._stats: dict[str, list[torch.Tensor]] = {}
         self._hooked_step: int | None = None
-        self._stance: Any = None
         self.last_metrics: dict[str, float] = {}
         # For the verdict: per module (in the order they first ran) the std at the first
         # logged step and the sums of dead / saturated shares over logged steps.
@@ -98,10 +98,9 @@ class ActivationStatsCallback(L.Callback):
             return
         self._hooked_step = step
         self._stats = {}
-        self._handles = [
+        self._pass.start(
             module.register_forward_hook(self._hook(name)) for name, module in self._modules
-        ]
-        self._stance = torch.compiler.set_stance("force_eager")
+        )
 
     def _hook(self, name: str):
         @torch.no_grad()
@@ -127,18 +126,11 @@ class ActivationStatsCallback(L.Callback):
         std = out.std() if out.numel() > 1 else nan
         return torch.stack([out.mean(), std, saturation, dead])
 
-    def _remove_hooks(self) -> None:
-        for handle in self._handles:
-            handle.remove()
-        self._handles = []
-        if self._stance is not None:
-            self._stance.__exit__(None, None, None)
-            self._stance = None
 
     def on_train_batch_end(self, trainer: L.Trainer, *args: Any) -> None:
-        if not self._handles:
+        if not self._pass.active:
             return
-        self._remove_hooks()
+        self._pass.stop()
         if not self._stats:
             return
         names = list(self._stats)
@@ -190,7 +182,7 @@ class ActivationStatsCallback(L.Callback):
         self._sums = {k: list(v) for k, v in state_dict.get("sums", {}).items()}
 
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self._remove_hooks()
+        self._pass.stop()
 
     def on_exception(self, trainer: L.Trainer, *args: Any) -> None:
-        self._remove_hooks()
+        self._pass.stop()

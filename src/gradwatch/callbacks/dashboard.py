@@ -19,7 +19,7 @@ from gradwatch.loggers.hparams import (
     VERDICT_CODE,
     VERDICT_CODES,
 )
-from gradwatch.run_files import GRAD_NORMS_FILE
+from gradwatch.run.files import GRAD_NORMS_FILE
 from gradwatch.verdict import Diagnosis
 
 #: W&B chart keys: every layer's log10 gradient norm against the step, and against depth.

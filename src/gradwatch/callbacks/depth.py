@@ -18,10 +18,9 @@ makes freeing a 10,000-layer graph overflow the C stack.)
 
 from __future__ import annotations
 
-from typing import Any
-
 import torch
 
+from gradwatch.callbacks.eager_pass import EagerPass
 from gradwatch.callbacks.layers import Layer
 
 
@@ -36,8 +35,7 @@ class DepthOrder:
         self._graph: dict[int, int] = {}  # layer -> when its gradient was complete
         self._accumulated = 0
         self._forward: list[int] = []
-        self._handles: list[Any] = []
-        self._stance: Any = None
+        self._pass = EagerPass()
         self._open = set(range(len(layers)))  # neither placed nor looked for in vain
         self._had_gradient: set[int] = set()
 
@@ -60,17 +58,18 @@ class DepthOrder:
 
     @property
     def active(self) -> bool:
-        return self._stance is not None
+        return self._pass.active
 
     def start(self) -> None:
         """Record the next passes (compiled code runs eagerly meanwhile)."""
         self._graph, self._forward, self._accumulated = {}, [], 0
+        handles = []
         for i, layer in enumerate(self.layers):
-            self._handles.append(layer.module.register_forward_pre_hook(self._ran(i)))
+            handles.append(layer.module.register_forward_pre_hook(self._ran(i)))
             for param in layer.params:
                 if param.requires_grad:
-                    self._handles.append(param.register_post_accumulate_grad_hook(self._got(i)))
-        self._stance = torch.compiler.set_stance("force_eager")
+                    handles.append(param.register_post_accumulate_grad_hook(self._got(i)))
+        self._pass.start(handles)
 
     def _ran(self, index: int):
         def hook(module: torch.nn.Module, args: tuple) -> None:
@@ -87,12 +86,8 @@ class DepthOrder:
 
     def stop(self) -> None:
         """End an ordering pass (call :meth:`merge` first to keep what it saw)."""
-        for handle in self._handles:
-            handle.remove()
-        self._handles = []
-        if self._stance is not None:
-            self._stance.__exit__(None, None, None)
-            self._stance = None
+        if self._pass.active:
+            self._pass.stop()
             unplaced = {i for i in range(len(self.layers)) if i not in self.key}
             self._open -= {i for i in unplaced if self._trainable(i)}
             self._had_gradient &= unplaced

@@ -9,7 +9,7 @@ import lightning as L
 from lightning.pytorch.utilities import rank_zero_only
 
 from gradwatch.plots import plot_norms_over_training, read_grad_norms
-from gradwatch.run_files import GRAD_NORMS_FILE
+from gradwatch.run.files import GRAD_NORMS_FILE
 
 
 class NormsFigureCallback(L.Callback):

@@ -21,7 +21,7 @@ from gradwatch.callbacks.grad_norms_file import GradNormsFile
 from gradwatch.callbacks.layers import Layer, find_layers, select_layers
 from gradwatch.callbacks.norms import elements_finite, group, local_tensors, tensor_norms, to_host
 from gradwatch.callbacks.sinks import log_figure, log_histograms
-from gradwatch.run_files import GRAD_NORMS_FILE, GRADIENT_FLOW_FILE
+from gradwatch.run.files import GRAD_NORMS_FILE, GRADIENT_FLOW_FILE
 from gradwatch.schedule import check_interval, lightning_logs_at, logs_at
 from gradwatch.verdict import EXPLODING_RATIO, VANISHING_RATIO, Diagnosis, diagnose
 

@@ -13,9 +13,9 @@ from lightning.pytorch.loggers import WandbLogger
 from lightning.pytorch.utilities import rank_zero_only, rank_zero_warn
 
 from gradwatch.loggers.naming import run_name
+from gradwatch.run.files import WANDB_ID_FILE
 
 #: The W&B run id of a run directory: a resume of the run continues the same W&B run.
-WANDB_ID_FILE = "wandb_id"
 
 
 def wandb_mode(offline: bool) -> str:

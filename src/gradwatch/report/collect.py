@@ -15,8 +15,8 @@ from typing import Any
 
 from omegaconf import OmegaConf
 
-from gradwatch.run_files import GRAD_NORMS_FILE
-from gradwatch.summary import SUMMARY_FILE, read_summary
+from gradwatch.run.files import GRAD_NORMS_FILE, SUMMARY_FILE
+from gradwatch.run.summary import read_summary
 
 REPORT_DIR = "report"
 

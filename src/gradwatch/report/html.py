@@ -10,6 +10,7 @@ from gradwatch.report.claims import NOT_MEASURED, PASS, Claim
 from gradwatch.report.collect import Job
 from gradwatch.report.figures import FIGURES
 from gradwatch.report.tables import table_rows
+from gradwatch.run.files import TENSORBOARD_DIR
 
 THEORY_FIGURES = {
     "activation_comparison.png": "Sigmoid, tanh and ReLU and their derivatives",
@@ -74,7 +75,7 @@ def _figure(name: str, caption: str) -> str:
 
 def _tensorboard(jobs: list[Job], sweep_dir: Path) -> list[str]:
     """How to open the sweep in TensorBoard, when its jobs wrote TensorBoard logs."""
-    if not any((job.path / "tensorboard").is_dir() for job in jobs):
+    if not any((job.path / TENSORBOARD_DIR).is_dir() for job in jobs):
         return []
     logdir = shlex.quote(str(sweep_dir.resolve()))
     base = f"http://127.0.0.1:{TENSORBOARD_PORT}/"

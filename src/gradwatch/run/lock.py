@@ -18,7 +18,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-LOCK_FILE = ".lock"
+from gradwatch.run.files import LOCK_FILE
 
 
 class RunLockedError(RuntimeError):

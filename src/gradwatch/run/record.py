@@ -4,7 +4,7 @@
 (with ``error``) or ``interrupted`` (with ``interrupted_by`` and ``checkpoint``). A launch
 that continues an earlier run's directory (a resume) touches nothing there until its config
 and checkpoint have been checked, so a bad resume loses nothing. Only global rank 0 writes,
-and only while it holds the run's lock (:class:`~gradwatch.run_lock.RunLock`): a second
+and only while it holds the run's lock (:class:`~gradwatch.run.lock.RunLock`): a second
 launch on the same run directory is refused before it writes anything.
 """
 
@@ -19,12 +19,13 @@ from hydra.core.hydra_config import HydraConfig
 from lightning.pytorch.utilities.rank_zero import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
-from gradwatch.checkpoint_io import remove_stale_temps
-from gradwatch.provenance import launch_record, write_provenance
-from gradwatch.resume import CHECKPOINT_DIR, LAST, last_checkpoint_in
-from gradwatch.run_lock import RunLock
-from gradwatch.summary import SUMMARY_FILE, overwrite_summary, update_summary
-from gradwatch.write_errors import QuietThreadDiskErrors, disk_error, find_disk_error
+from gradwatch.run.checkpoint_io import remove_stale_temps
+from gradwatch.run.files import CHECKPOINT_DIR, SUMMARY_FILE
+from gradwatch.run.lock import RunLock
+from gradwatch.run.provenance import launch_record, write_provenance
+from gradwatch.run.resume import LAST, last_checkpoint_in
+from gradwatch.run.summary import overwrite_summary, update_summary
+from gradwatch.run.write_errors import QuietThreadDiskErrors, disk_error, find_disk_error
 
 #: summary.json keys a run measures (DESIGN.md); ``None`` until it does.
 MEASURED_KEYS = (

@@ -8,7 +8,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-SUMMARY_FILE = "summary.json"
+from gradwatch.run.files import SUMMARY_FILE
 
 
 def _jsonable(value: Any) -> Any:

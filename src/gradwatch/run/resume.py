@@ -18,12 +18,12 @@ from typing import Any
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from gradwatch.checkpoint_io import UnsafeCheckpointError, load_plain
+from gradwatch.run.checkpoint_io import UnsafeCheckpointError, load_plain
+from gradwatch.run.files import CHECKPOINT_DIR, SUMMARY_FILE
+from gradwatch.run.summary import read_summary
 from gradwatch.step_csv import rows_before, write_rows
-from gradwatch.summary import SUMMARY_FILE, read_summary
 
 LAST = "last"
-CHECKPOINT_DIR = "checkpoints"
 
 
 def _mtime(path: Path) -> float:

@@ -21,10 +21,8 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 import gradwatch
-from gradwatch.summary import write_json
-
-PROVENANCE_FILE = "provenance.json"
-CONFIG_FILE = "config.yaml"
+from gradwatch.run.files import CONFIG_FILE, PROVENANCE_FILE
+from gradwatch.run.summary import write_json
 
 
 def git_state(path: str | os.PathLike | None = None) -> dict[str, Any] | None:
