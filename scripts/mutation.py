@@ -60,7 +60,7 @@ GROUPS: dict[str, tuple[list[str], list[str]]] = {
         ],
     ),
     "resume": (
-        ["src/gradwatch/resume.py", "src/gradwatch/step_csv.py"],
+        ["src/gradwatch/run/resume.py", "src/gradwatch/step_csv.py"],
         ["tests/test_resume.py", "tests/test_mutation_kills.py"],
     ),
     "claims": (

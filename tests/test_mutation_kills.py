@@ -600,3 +600,194 @@ def test_verdict_priority_between_signals():
     assert (d.verdict, d.reasons) == ("exploding", ())
     nonfinite = diagnose([1.0], nonfinite_layer="x", **dead)
     assert nonfinite.verdict == "non-finite" and math.isnan(nonfinite.ratio)
+
+
+# -- step_csv and resume: cut back, find, check ----------------------------------------------
+import csv  # noqa: E402
+import os  # noqa: E402
+
+from omegaconf import OmegaConf  # noqa: E402
+
+from gradwatch.run import resume as R  # noqa: E402
+from gradwatch.step_csv import drop_rows_from, rows_before, write_rows  # noqa: E402
+
+
+def write_csv(path: Path, header: list[str], rows: list[list[str]]) -> None:
+    with path.open("w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(header)
+        w.writerows(rows)
+
+
+def read_csv(path: Path) -> list[list[str]]:
+    with path.open(newline="") as f:
+        return list(csv.reader(f))
+
+
+def test_rows_before_keeps_earlier_steps_and_stepless_rows(tmp_path):
+    p = tmp_path / "m.csv"
+    write_csv(p, ["step", "x"], [["0", "a"], ["2.0", "b"], ["", "c"], ["3", "d"], ["1", "e"]])
+    fields, kept, dropped = rows_before(p, 2)
+    assert fields == ["step", "x"]
+    assert [r["x"] for r in kept] == ["a", "c", "e"] and dropped == 2
+    write_csv(p, ["epoch", "x"], [["5", "a"]])  # no step column: nothing to cut
+    assert rows_before(p, 0) == (["epoch", "x"], [{"epoch": "5", "x": "a"}], 0)
+
+
+def test_drop_rows_from_rewrites_only_when_needed(tmp_path):
+    p = tmp_path / "g.csv"
+    assert drop_rows_from(p, 3) == 0 and not p.exists()
+    write_csv(p, ["step", "layer"], [["0", "a"], ["1", "a"], ["4", "a"], ["5", "b"]])
+    assert drop_rows_from(p, 4) == 2
+    assert read_csv(p) == [["step", "layer"], ["0", "a"], ["1", "a"]]
+    os.utime(p, (1, 1))
+    assert drop_rows_from(p, 4) == 0 and p.stat().st_mtime == 1  # untouched
+    assert drop_rows_from(p, 4, fields=["step", "layer"]) == 0 and p.stat().st_mtime == 1
+    assert drop_rows_from(p, 1, fields=["step", "layer", "depth"]) == 1
+    assert read_csv(p) == [["step", "layer", "depth"], ["0", "a", ""]]
+    assert drop_rows_from(p, 5, fields=["step", "depth"]) == 0  # a new header alone rewrites
+    assert read_csv(p) == [["step", "depth"], ["0", ""]]
+    assert [f.name for f in tmp_path.iterdir()] == ["g.csv"]  # no temporary file left
+
+
+def test_write_rows_replaces_the_file_and_ignores_extra_keys(tmp_path):
+    p = tmp_path / "w.csv"
+    p.write_text("old\n")
+    write_rows(p, ["a"], [{"a": "1", "b": "2"}])
+    assert read_csv(p) == [["a"], ["1"]]
+    assert sorted(f.name for f in tmp_path.iterdir()) == ["w.csv"]
+
+
+def save_ckpt(path: Path, step: int = 3, state: dict | None = None, mtime: float | None = None):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save({"global_step": step, "state_dict": state or {"w": torch.zeros(2)}}, path)
+    if mtime is not None:
+        os.utime(path, (mtime, mtime))
+    return path
+
+
+def make_run(root: Path, task: str, name: str, experiment: str | None = None) -> Path:
+    run = root / task / "runs" / name
+    (run / "checkpoints").mkdir(parents=True)
+    (run / "summary.json").write_text(json.dumps({"experiment": experiment or task}))
+    return run
+
+
+def test_newest_checkpoint_first_and_last_ckpt_first_among_equals(tmp_path):
+    run = make_run(tmp_path, "relu", "a")
+    old = save_ckpt(run / "checkpoints" / "epoch=0.ckpt", mtime=100)
+    new = save_ckpt(run / "checkpoints" / "epoch=1.ckpt", mtime=200)
+    last = save_ckpt(run / "checkpoints" / "last.ckpt", mtime=200)
+    (run / "checkpoints" / "dangling.ckpt").symlink_to(run / "nowhere.ckpt")
+    assert R._newest_first([run]) == [last, new, old]
+    assert R.last_checkpoint_in(run) == last
+    last.write_bytes(b"not a checkpoint")
+    os.utime(last, (300, 300))
+    assert R.last_checkpoint_in(run) == new  # a file that does not load is passed over
+    assert R.last_checkpoint_in(tmp_path / "empty") is None
+
+
+def test_latest_last_checkpoint_looks_in_every_run_of_the_task(tmp_path):
+    a, b = make_run(tmp_path, "relu", "a"), make_run(tmp_path, "relu", "b")
+    other = make_run(tmp_path, "tanh", "c")
+    save_ckpt(a / "checkpoints" / "last.ckpt", mtime=100)
+    newest = save_ckpt(b / "checkpoints" / "last.ckpt", mtime=200)
+    save_ckpt(other / "checkpoints" / "last.ckpt", mtime=300)
+    assert R.latest_last_checkpoint(tmp_path, "relu") == newest
+    assert R.latest_last_checkpoint(tmp_path, "sigmoid") is None
+
+
+def test_run_dir_of_needs_a_checkpoints_dir_in_a_run(tmp_path):
+    run = make_run(tmp_path, "relu", "a")
+    ckpt = save_ckpt(run / "checkpoints" / "last.ckpt")
+    assert R.run_dir_of(ckpt) == run.resolve()
+    loose = save_ckpt(tmp_path / "x" / "checkpoints" / "y.ckpt")  # no summary.json above
+    assert R.run_dir_of(loose) is None
+    elsewhere = save_ckpt(run / "other" / "z.ckpt")
+    assert R.run_dir_of(elsewhere) is None
+
+
+def cfg(tmp_path: Path, ckpt_path, task: str = "relu"):
+    return OmegaConf.create(
+        {"ckpt_path": ckpt_path, "task_name": task, "paths": {"log_dir": str(tmp_path)}}
+    )
+
+
+def test_resolve_ckpt_path(tmp_path):
+    run = make_run(tmp_path, "relu", "a")
+    ckpt = save_ckpt(run / "checkpoints" / "last.ckpt")
+    here = make_run(tmp_path, "relu", "b")
+    assert R.resolve_ckpt_path(cfg(tmp_path, None), here) is None
+    assert R.resolve_ckpt_path(cfg(tmp_path, "last"), here) == ckpt  # another run's
+    own = save_ckpt(here / "checkpoints" / "epoch=0.ckpt", mtime=1)  # older, but its own
+    assert R.resolve_ckpt_path(cfg(tmp_path, "last"), here) == own
+    assert R.resolve_ckpt_path(cfg(tmp_path, str(ckpt)), here) == ckpt
+    hint = "Pass ckpt_path=<path to a .ckpt file> (runs keep theirs in <run dir>/checkpoints/)"
+    with pytest.raises(ValueError) as err:
+        R.resolve_ckpt_path(cfg(tmp_path, "last", task="tanh"), tmp_path / "none")
+    msg = str(err.value)
+    searched = tmp_path / "tanh" / "runs" / "*" / "checkpoints"
+    assert msg.startswith(f"ckpt_path=last: no last.ckpt found in {searched}. Runs save ")
+    assert hint in msg and "most recent 'tanh' run" in msg
+    with pytest.raises(ValueError, match=re.escape(f"ckpt_path='{tmp_path}' is a directory,")):
+        R.resolve_ckpt_path(cfg(tmp_path, str(tmp_path)), here)
+    with pytest.raises(ValueError, match=r"ckpt_path='nope\.ckpt' does not exist\. Pass"):
+        R.resolve_ckpt_path(cfg(tmp_path, "nope.ckpt"), here)
+
+
+def test_checkpoint_for_and_the_resumed_run_dir(tmp_path):
+    run = make_run(tmp_path, "relu", "a")
+    ckpt = save_ckpt(run / "checkpoints" / "last.ckpt")
+    assert R._checkpoint_for(cfg(tmp_path, None)) is None
+    assert R._checkpoint_for(cfg(tmp_path, "last")) == ckpt
+    assert R._checkpoint_for(cfg(tmp_path, str(ckpt))) == ckpt
+    assert R._checkpoint_for(cfg(tmp_path, str(tmp_path / "missing.ckpt"))) is None
+    assert R._resumed_run_dir(cfg(tmp_path, "last")) == run.resolve()
+    assert R._run_dir_resolver("fresh", _root_=cfg(tmp_path, "last")) == str(run.resolve())
+    # another experiment's checkpoint starts a run of its own
+    assert R._resumed_run_dir(cfg(tmp_path, str(ckpt), task="tanh")) is None
+    assert R._run_dir_resolver("fresh", _root_=cfg(tmp_path, str(ckpt), task="tanh")) == "fresh"
+    assert R._hydra_subdir_resolver(_root_=cfg(tmp_path, None)) == ".hydra"
+
+
+def test_load_checkpoint_says_what_the_file_is_not(tmp_path):
+    good = save_ckpt(tmp_path / "good.ckpt", step=7)
+    assert R.load_checkpoint(good, "relu")["global_step"] == 7
+    bad = tmp_path / "bad.ckpt"
+    bad.write_text("hello")
+    with pytest.raises(ValueError) as err:
+        R.load_checkpoint(bad, "relu")
+    assert str(err.value).startswith(
+        f"ckpt_path='{bad}' is not a Lightning checkpoint: torch.load failed ("
+    )
+    torch.save({"global_step": 1}, partial := tmp_path / "partial.ckpt")
+    with pytest.raises(ValueError, match=r"\(it has no state_dict\)\. Pass ckpt_path"):
+        R.load_checkpoint(partial, "relu")
+    torch.save([1, 2], listed := tmp_path / "list.ckpt")
+    with pytest.raises(ValueError, match=r"\(it has no global_step, state_dict\)\."):
+        R.load_checkpoint(listed, "relu")
+
+
+def test_check_same_network_names_the_first_differences(tmp_path):
+    model = nn.Sequential(nn.Linear(3, 4), nn.Linear(4, 2))
+    same = {k: torch.zeros_like(v) for k, v in model.state_dict().items()}
+    R.check_same_network({"state_dict": same}, model, tmp_path / "c.ckpt")
+    assert R.checked_resume_step(None, model, "relu") is None
+    path = save_ckpt(tmp_path / "same.ckpt", step=11, state=same)
+    assert R.checked_resume_step(path, model, "relu") == 11
+    other = dict(same, **{"0.weight": torch.zeros(5, 3), "extra": torch.zeros(1)})
+    del other["1.bias"]
+    with pytest.raises(ValueError) as err:
+        R.check_same_network({"state_dict": other}, model, tmp_path / "c.ckpt")
+    assert str(err.value) == (
+        f"ckpt_path='{tmp_path / 'c.ckpt'}' holds a different network than this config: "
+        "0.weight is [5, 3] in the checkpoint but [4, 3] here; 1.bias is missing from the "
+        "checkpoint; extra is in the checkpoint but not in this network. Resume with the "
+        "overrides the checkpoint was trained with, or start a new run without ckpt_path."
+    )
+    run = make_run(tmp_path, "relu", "r")
+    many = {f"x{i}": torch.zeros(1) for i in range(4)}
+    with pytest.raises(ValueError) as err:
+        R.check_same_network({"state_dict": {**same, **many}}, model, run / "checkpoints" / "l")
+    assert "x2 is in the checkpoint but not in this network; and 1 more. Resume" in str(err.value)
+    assert f"trained with ({run.resolve() / '.hydra' / 'overrides.yaml'}), or" in str(err.value)
