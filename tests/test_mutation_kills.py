@@ -119,7 +119,9 @@ def test_untrainable_is_at_most_chance_plus_a_tenth(acc, result):
     )
 
 
-@pytest.mark.parametrize(("ratio", "result"), [(1e-2, PASS), (1e2, PASS), (0.009, FAIL), (101, FAIL)])
+@pytest.mark.parametrize(
+    ("ratio", "result"), [(1e-2, PASS), (1e2, PASS), (0.009, FAIL), (101, FAIL)]
+)
 def test_healthy_band_includes_its_ends(ratio, result):
     claim = C._healthy_everywhere(groups(job("relu", 10, ratio, acc=0.5)), "relu", "q")
     assert claim.result == result
