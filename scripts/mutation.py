@@ -71,11 +71,16 @@ GROUPS: dict[str, tuple[list[str], list[str]]] = {
 # Slow tests (minutes of training) stay out of mutation runs, and so does a wall-clock timing
 # test, which fails under load whatever the code.
 PYTEST_ARGS = [
-    "-m", "not slow", "-p", "no:cacheprovider",
-    "--deselect", "tests/test_deep.py::test_building_grows_linearly_with_depth",
+    "-m",
+    "not slow",
+    "-p",
+    "no:cacheprovider",
+    "--deselect",
+    "tests/test_deep.py::test_building_grows_linearly_with_depth",
 ]
 # What the tests need besides src/ and tests/ (copied into mutmut's mutants/ tree).
 ALSO_COPY = ["configs", "scripts"]
+
 
 def _status(code: int | None) -> str:
     from mutmut.stats import status_by_exit_code  # mutmut 3's exit codes -> status
@@ -115,7 +120,8 @@ def undecorate(source: str) -> str:
 
     lines = source.splitlines(keepends=True)
     funcs = [
-        node for node in ast.walk(ast.parse(source))
+        node
+        for node in ast.walk(ast.parse(source))
         if isinstance(node, ast.FunctionDef)
         and [ast.unparse(d) for d in node.decorator_list] == [NO_GRAD[1:]]
     ]
@@ -183,12 +189,19 @@ def run_group(group: str, again: bool = False, resume: bool = False) -> float:
     env.update(OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", WANDB_MODE="offline")
     mutmut = Path(sys.executable).with_name("mutmut")
     start = time.monotonic()
-    print(f"== {group}: mutmut run in {ws.relative_to(ROOT)}"
-          + (f" ({len(names)} survivors again)" if again else ""), flush=True)
+    print(
+        f"== {group}: mutmut run in {ws.relative_to(ROOT)}"
+        + (f" ({len(names)} survivors again)" if again else ""),
+        flush=True,
+    )
     with open(ws / "mutmut.log", "w" if fresh_log(again, resume) else "a") as log:
         subprocess.run(
             [str(mutmut), "run", "--max-children", "1", *names],
-            cwd=ws, env=env, stdout=log, stderr=subprocess.STDOUT, check=False,
+            cwd=ws,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            check=False,
         )
     took = time.monotonic() - start
     (ws / "wall_s").write_text(f"{took:.0f}\n")
@@ -229,8 +242,9 @@ def results(group: str) -> dict[str, dict[str, str]]:
 
 def show(group: str, mutant: str) -> str:
     mutmut = Path(sys.executable).with_name("mutmut")
-    r = subprocess.run([str(mutmut), "show", mutant], cwd=WORK / group,
-                       capture_output=True, text=True, check=False)
+    r = subprocess.run(
+        [str(mutmut), "show", mutant], cwd=WORK / group, capture_output=True, text=True, check=False
+    )
     return r.stdout
 
 
@@ -255,10 +269,16 @@ def report(groups: list[str], with_diffs: bool = True) -> int:
                     print(f"   {live[m]:<10} {m}")
                     if with_diffs:
                         diff = show(group, m).split("\n", 1)[-1].strip()
-                        print("      " + "\n      ".join(
-                            ln for ln in diff.splitlines() if re.match(r"^[-+][^-+]", ln)))
-    print("\nmutation score (killed / non-equivalent mutants; equivalents listed in "
-          f"{EQUIVALENTS.relative_to(ROOT)})")
+                        print(
+                            "      "
+                            + "\n      ".join(
+                                ln for ln in diff.splitlines() if re.match(r"^[-+][^-+]", ln)
+                            )
+                        )
+    print(
+        "\nmutation score (killed / non-equivalent mutants; equivalents listed in "
+        f"{EQUIVALENTS.relative_to(ROOT)})"
+    )
     for f, killed, total, eq, score in rows:
         print(f"  {f:<48} {killed:>4} / {total:<4} {score:5.1f}%   ({eq} equivalent)")
     for group in groups:
@@ -277,10 +297,14 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("groups", nargs="*", help=f"default: all of {', '.join(GROUPS)}")
     p.add_argument("--report", action="store_true", help="only print the last run's report")
-    p.add_argument("--again", action="store_true",
-                   help="rerun only the last run's survivors (after adding tests)")
-    p.add_argument("--resume", action="store_true",
-                   help="go on with an interrupted run (its results are kept)")
+    p.add_argument(
+        "--again",
+        action="store_true",
+        help="rerun only the last run's survivors (after adding tests)",
+    )
+    p.add_argument(
+        "--resume", action="store_true", help="go on with an interrupted run (its results are kept)"
+    )
     p.add_argument("--no-diffs", action="store_true", help="survivors by name only")
     a = p.parse_args()
     groups = a.groups or list(GROUPS)

@@ -157,8 +157,7 @@ def test_not_measured_claims_say_why_and_are_from_the_sweep():
         "Xavier/Glorot initialization [for tanh] maintains gradient variance.",
         "Batch normalization ... helps maintain gradient flow.",
         "Use residual connections for very deep networks (>20 layers).",
-        "Residual connections ... enabling networks with hundreds of layers to train "
-        "effectively.",
+        "Residual connections ... enabling networks with hundreds of layers to train effectively.",
         "Skip connections in ResNets provide direct gradient pathways, allowing gradients to "
         "flow unchanged through shortcut connections.",
     ]
@@ -385,8 +384,14 @@ def test_tanh_saturation_uses_a_margin_scaled_to_its_range(tmp_path):
     log = MemoryLogger()
     cb = ActivationStatsCallback(log_every_n_steps=1)
     trainer = L.Trainer(
-        max_steps=3, accelerator="cpu", logger=log, callbacks=[cb], enable_checkpointing=False,
-        enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0,
+        max_steps=3,
+        accelerator="cpu",
+        logger=log,
+        callbacks=[cb],
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        limit_val_batches=0,
         default_root_dir=tmp_path,
     )
     net, dm = Fixed(tanh_out, sigmoid_out), DigitsDataModule(seed=0)
@@ -437,8 +442,9 @@ def test_a_skipped_fp16_step_logs_the_skip_count_and_the_new_scale_at_its_step(t
     log = MemoryLogger()
     cb = GradientNormCallback(log_every_n_steps=1)
     # 2^24 overflows step 0's fp16 gradients; the scaler skips it and backs off by 2^-10.
-    t = trainer(tmp_path, [cb], plugins=[fp16_on_cpu(2.0**24, backoff=2.0**-10)], max_steps=2,
-                logger=log)
+    t = trainer(
+        tmp_path, [cb], plugins=[fp16_on_cpu(2.0**24, backoff=2.0**-10)], max_steps=2, logger=log
+    )
     t.fit(Classifier(mlp(), lr=1e-3), loader())
     assert log.values("grad_norm/amp_skipped")[0] == 1.0
     assert log.values("grad_norm/amp_scale")[0] == 2.0**24 * 2.0**-10
