@@ -799,3 +799,67 @@ def test_check_same_network_names_the_first_differences(tmp_path):
         R.check_same_network({"state_dict": {**same, **many}}, model, run / "checkpoints" / "l")
     assert "x2 is in the checkpoint but not in this network; and 1 more. Resume" in str(err.value)
     assert f"trained with ({run.resolve() / '.hydra' / 'overrides.yaml'}), or" in str(err.value)
+
+
+# -- GradientNormCallback: nested optimizer names, p-norm overflow --------------------------
+from tests.test_grad_norm_models import GAN, GradProbe, layer_norm  # noqa: E402
+
+
+class NestedGAN(GAN):
+    """The GAN with its two networks one level down (net.g, net.d): names of two parts."""
+
+    def __init__(self):
+        super().__init__()
+        g, d = self.generator, self.discriminator
+        del self.generator, self.discriminator
+        self.net = nn.ModuleDict({"g": g, "d": d})
+
+    @property
+    def generator(self):
+        return self.net["g"]
+
+    @property
+    def discriminator(self):
+        return self.net["d"]
+
+
+def test_two_optimizers_are_named_by_their_common_module_path(tmp_path):
+    torch.manual_seed(0)
+    log = MemoryLogger()
+    cb = GradientNormCallback(log_every_n_steps=1)
+    trainer(tmp_path, [cb], max_steps=2, logger=log).fit(NestedGAN(), loader(features=8))
+    keys = {k for _, m in log.rows for k in m}
+    assert {"grad_norm/total/net.g", "grad_norm/total/net.d"} <= keys
+    summary = cb.summary()
+    assert set(summary["optimizers"]) == {"net.g", "net.d"}
+    severity = ["healthy", "stalled", "vanishing", "exploding", "non-finite"]
+    worst = max(summary["optimizers"].values(), key=severity.index)
+    assert summary["diagnosis"] == worst
+
+
+class TwoHuge(Classifier):
+    """At step 1, two elements of the middle layer's gradient are 1e30: its 2- and 3-norms
+    overflow float32 although every element is finite."""
+
+    def __init__(self):
+        super().__init__(mlp())
+
+    def on_after_backward(self):
+        if self.trainer.global_step == 1:
+            self.net[2].weight.grad[0, :2] = 1e30
+
+
+@pytest.mark.parametrize("p", [3.0, 2.0])
+def test_an_overflowing_p_norm_is_the_exact_p_norm(tmp_path, p):
+    torch.manual_seed(0)
+    probe, log = GradProbe(), MemoryLogger()
+    cb = GradientNormCallback(norm_type=p, log_every_n_steps=1)
+    trainer(tmp_path, [probe, cb], max_steps=2, logger=log).fit(TwoHuge(), loader())
+    _, _, grads = probe.grads[1]
+    mine = [g for n, g in grads.items() if n.rpartition(".")[0] == "net.2"]
+    want = sum(float(g.double().abs().pow(p).sum()) for g in mine) ** (1 / p)
+    assert cb.nonfinite_layer is None
+    assert log.values("grad_norm/net.2")[1] == pytest.approx(want, rel=1e-9)
+    assert want == pytest.approx(2 ** (1 / p) * 1e30, rel=1e-6)
+    if p == 2.0:
+        assert log.values("grad_norm/net.0")[1] == pytest.approx(layer_norm(grads, "net.0"))
