@@ -865,3 +865,35 @@ def test_an_overflowing_p_norm_is_the_exact_p_norm(tmp_path, p):
     assert want == pytest.approx(2 ** (1 / p) * 1e30, rel=1e-6)
     if p == 2.0:
         assert log.values("grad_norm/net.0")[1] == pytest.approx(layer_norm(grads, "net.0"))
+
+
+class DetachedMiddle(Classifier):
+    """net.1 runs, but its output is detached: it never gets a gradient."""
+
+    def __init__(self):
+        super().__init__(nn.Sequential(nn.Linear(8, 16), nn.Linear(16, 16), nn.Linear(16, 4)))
+
+    def forward(self, x):
+        h = torch.tanh(self.net[0](x))
+        return self.net[2](h + self.net[1](h).detach())
+
+
+def test_histograms_skip_a_layer_without_gradient(tmp_path, monkeypatch):
+    import gradwatch.callbacks.grad_norm as grad_norm_module
+
+    seen = []
+    monkeypatch.setattr(
+        grad_norm_module,
+        "log_histograms",
+        lambda loggers, values, step: seen.append((step, values)),
+    )
+    torch.manual_seed(0)
+    probe = GradProbe()
+    cb = GradientNormCallback(log_every_n_steps=1, histogram_every_n_steps=1)
+    trainer(tmp_path, [probe, cb], max_steps=2).fit(DetachedMiddle(), loader())
+    assert [s for s, _ in seen] == [0, 1]
+    for (_, values), (_, _, grads) in zip(seen, probe.grads):
+        assert sorted(values) == ["grad_hist/net.0", "grad_hist/net.2"]
+        for layer in ("net.0", "net.2"):
+            want = torch.cat([grads[f"{layer}.weight"].flatten(), grads[f"{layer}.bias"].flatten()])
+            assert torch.allclose(values[f"grad_hist/{layer}"].double(), want)
