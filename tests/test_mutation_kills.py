@@ -512,6 +512,7 @@ VERDICT_SCENARIOS: dict[str, tuple[list[float], dict]] = {
     "loss_at_chance": ([1.0], {"loss_start": 4.0, "loss_end": 2.2, "chance_loss": 2.3}),
     "loss_nan": ([1.0], {"loss_start": 2.3, "loss_end": math.nan}),
     "loss_flat_generic": ([1.0], {"loss_start": 2.3, "loss_end": 2.2, "ours": False}),
+    "dead_and_flat": ([1.0], {"dead": [0.5], "loss_start": 2.3, "loss_end": 2.2}),
 }
 
 
@@ -579,10 +580,12 @@ def test_verdict_custom_band():
         ({"activation_std": [0.0, 5.0]}, "healthy"),  # no trend from a zero std
         ({"activation_std": [1.0]}, "healthy"),  # one layer: no trend
         ({"activation_std": [1.0, math.nan, 20.0]}, "exploding"),
+        ({"activation_std": [1.0, None, 20.0]}, "exploding"),
         ({"update_ratios": [1e-6, 1e-6]}, "healthy"),  # at NEGLIGIBLE_UPDATE: not negligible
         ({"update_ratios": [9e-7, 9e-7]}, "stalled"),
         ({"update_ratios": [2e-5, 1e-3, 1e-3]}, "healthy"),  # 0.02 of the median: fine
         ({"update_ratios": [5e-6, 1e-3, 1e-3]}, "vanishing"),  # 0.005: starved
+        ({"update_ratios": [0.01, 1.0, 1.0]}, "healthy"),  # exactly STARVED_UPDATE: fine
         ({"update_ratios": [math.nan, 5e-6, 1e-3, 1e-3]}, "vanishing"),
         ({"loss_start": 10.0, "loss_end": 9.0}, "healthy"),  # fell by exactly 10%
         ({"loss_start": 10.0, "loss_end": 9.01}, "stalled"),
