@@ -900,3 +900,89 @@ def test_histograms_skip_a_layer_without_gradient(tmp_path, monkeypatch):
         for layer in ("net.0", "net.2"):
             want = torch.cat([grads[f"{layer}.weight"].flatten(), grads[f"{layer}.bias"].flatten()])
             assert torch.allclose(values[f"grad_hist/{layer}"].double(), want)
+
+
+# -- callbacks/layers.py and grad_norms_file.py ---------------------------------------------
+from gradwatch.callbacks import grad_norms_file as gnf  # noqa: E402
+from gradwatch.callbacks.layers import find_layers, select_layers, stable_name  # noqa: E402
+
+
+def test_stable_name_drops_wrapper_segments_only():
+    assert stable_name("model._orig_mod.net.0") == "model.net.0"
+    assert stable_name("a._checkpoint_wrapped_module.b._fsdp_wrapped_module.c") == "a.b.c"
+    assert stable_name("orig_mod.net") == "orig_mod.net"
+    assert stable_name("") == ""
+
+
+def test_find_layers_owners_in_registration_order_tied_weights_once():
+    class Tied(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.scale = nn.Parameter(torch.ones(1))  # owned by the model itself
+            self.embed = nn.Embedding(5, 3)
+            self.frozen = nn.Linear(3, 3).requires_grad_(False)
+            self.out = nn.Linear(3, 5, bias=False)
+            self.out.weight = self.embed.weight
+
+    model = Tied()
+    layers = find_layers(model)
+    assert [layer.name for layer in layers] == ["Tied", "embed", "frozen"]
+    assert [len(layer.params) for layer in layers] == [1, 1, 2]
+    assert layers[1].module is model.embed and layers[1].params[0] is model.embed.weight
+    assert layers[2].params == [model.frozen.weight, model.frozen.bias]
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "want"),
+    [
+        ({}, list(range(10))),
+        ({"include": ["n.1*"]}, [1]),
+        ({"include": ["n.[0-4]"], "exclude": ["n.2"]}, [0, 1, 3, 4]),
+        ({"exclude": ["n.*"]}, []),
+        ({"max_layers": 10}, list(range(10))),
+        ({"max_layers": 1}, [0]),
+        ({"max_layers": 2}, [0, 9]),
+        ({"max_layers": 4}, [0, 3, 6, 9]),  # round(k * 9 / 3)
+        ({"max_layers": 3, "exclude": ["n.0"]}, [1, 5, 9]),
+    ],
+)
+def test_select_layers(kwargs, want):
+    assert select_layers([f"n.{i}" for i in range(10)], **kwargs) == want
+
+
+def test_grad_norms_file_fresh_resumed_and_flushed(tmp_path, monkeypatch):
+    path = tmp_path / "deep" / "grad_norms.csv"
+    header = "step,layer,depth,grad_norm,weight_norm,update_ratio,optimizer\n"
+    f = gnf.GradNormsFile(path)
+    assert not f.is_open
+    f.flush()
+    f.close()  # harmless before open
+    f.open(None)
+    assert f.is_open
+    clock = iter([10.0, 11.0, 13.0])
+    monkeypatch.setattr(gnf.time, "monotonic", lambda: next(clock))
+    f.write("0,a,1,1.0,,,\n")  # first write: more than 2 s since "never": flushed
+    assert path.read_text() == header + "0,a,1,1.0,,,\n"
+    f.write("1,a,1,2.0,,,\n")  # 1 s later: buffered
+    assert path.read_text() == header + "0,a,1,1.0,,,\n"
+    f.write("2,a,1,3.0,,,\n")  # 3 s after the last flush: flushed
+    assert path.read_text().count("\n") == 4
+    f.close()
+    assert not f.is_open
+    # a resumed fit keeps the rows before its step and appends
+    g = gnf.GradNormsFile(path)
+    g.open(2)
+    g.write("2,a,1,9.0,,,\n")
+    g.close()
+    assert path.read_text() == header + "0,a,1,1.0,,,\n1,a,1,2.0,,,\n2,a,1,9.0,,,\n"
+    # a fresh fit over an earlier fit's rows warns and starts anew
+    with pytest.warns(UserWarning, match="holds an earlier fit's rows: starting it anew"):
+        gnf.GradNormsFile(path).open(None)
+    assert path.read_text() == header
+    empty = tmp_path / "empty.csv"
+    empty.write_text("")
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        gnf.GradNormsFile(empty).open(None)  # an empty file: nothing to warn about
