@@ -959,12 +959,14 @@ def test_grad_norms_file_fresh_resumed_and_flushed(tmp_path, monkeypatch):
     f.close()  # harmless before open
     f.open(None)
     assert f.is_open
-    clock = iter([10.0, 11.0, 13.0])
-    monkeypatch.setattr(gnf.time, "monotonic", lambda: next(clock))
+    now = [10.0]
+    monkeypatch.setattr(gnf.time, "monotonic", lambda: now[0])
     f.write("0,a,1,1.0,,,\n")  # first write: more than 2 s since "never": flushed
     assert path.read_text() == header + "0,a,1,1.0,,,\n"
+    now[0] = 11.0
     f.write("1,a,1,2.0,,,\n")  # 1 s later: buffered
     assert path.read_text() == header + "0,a,1,1.0,,,\n"
+    now[0] = 13.0
     f.write("2,a,1,3.0,,,\n")  # 3 s after the last flush: flushed
     assert path.read_text().count("\n") == 4
     f.close()
