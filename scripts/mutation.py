@@ -139,10 +139,6 @@ def undecorate(source: str) -> str:
     return "".join(lines)
 
 
-def fresh_log(again: bool, resume: bool) -> bool:
-    return not (again or resume)
-
-
 def prepare(group: str, fresh: bool) -> Path:
     """The workspace: links to src/ tests/ configs/ scripts/, and a pyproject for mutmut."""
     files, tests = GROUPS[group]
@@ -196,7 +192,7 @@ def run_group(group: str, again: bool = False, resume: bool = False) -> float:
         + (f" ({len(names)} survivors again)" if again else ""),
         flush=True,
     )
-    with open(ws / "mutmut.log", "w" if fresh_log(again, resume) else "a") as log:
+    with open(ws / "mutmut.log", "a" if again or resume else "w") as log:
         subprocess.run(
             [str(mutmut), "run", "--max-children", "1", *names],
             cwd=ws,
@@ -260,29 +256,28 @@ def report(groups: list[str], with_diffs: bool = True) -> int:
             eq = [m for m in statuses if m in equivalents]
             seen.update(eq)
             live = {m: s for m, s in statuses.items() if m not in equivalents}
-            killed = sum(_killed(s) for s in live.values())
-            survivors = sorted(m for m, s in live.items() if not _killed(s))
-            score = 100.0 * killed / len(live) if live else 100.0
-            worst = min(worst, score)
-            rows.append((f, killed, len(live), len(eq), score))
+            unchecked = sum(s == "not checked" for s in live.values())
+            checked = {m: s for m, s in live.items() if s != "not checked"}
+            killed = sum(_killed(s) for s in checked.values())
+            survivors = sorted(m for m, s in checked.items() if not _killed(s))
+            score = 100.0 * killed / len(checked) if checked else 0.0
+            worst = min(worst, score if not unchecked else 0.0)
+            rows.append((f, killed, len(checked), len(eq), score, unchecked))
             if survivors:
                 print(f"\n-- {f}: {len(survivors)} surviving")
                 for m in survivors:
-                    print(f"   {live[m]:<10} {m}")
+                    print(f"   {checked[m]:<10} {m}")
                     if with_diffs:
                         diff = show(group, m).split("\n", 1)[-1].strip()
-                        print(
-                            "      "
-                            + "\n      ".join(
-                                ln for ln in diff.splitlines() if re.match(r"^[-+][^-+]", ln)
-                            )
-                        )
+                        lines = [ln for ln in diff.splitlines() if re.match(r"^[-+][^-+]", ln)]
+                        print("      " + "\n      ".join(lines))
     print(
         "\nmutation score (killed / non-equivalent mutants; equivalents listed in "
         f"{EQUIVALENTS.relative_to(ROOT)})"
     )
-    for f, killed, total, eq, score in rows:
-        print(f"  {f:<48} {killed:>4} / {total:<4} {score:5.1f}%   ({eq} equivalent)")
+    for f, killed, total, eq, score, unchecked in rows:
+        left = f", {unchecked} NOT CHECKED (interrupted: --resume)" if unchecked else ""
+        print(f"  {f:<48} {killed:>4} / {total:<4} {score:5.1f}%   ({eq} equivalent{left})")
     for group in groups:
         for f in sorted(set(GROUPS[group][0]) - set(results(group))):
             print(f"  {f:<48} not run (no mutants: see .mutation/{group}/mutmut.log)")
