@@ -988,3 +988,35 @@ def test_grad_norms_file_fresh_resumed_and_flushed(tmp_path, monkeypatch):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         gnf.GradNormsFile(empty).open(None)  # an empty file: nothing to warn about
+
+
+# -- callbacks/norms.py: per-tensor norms, host powers, per-layer grouping -------------------
+from gradwatch.callbacks import norms as N  # noqa: E402
+
+
+@pytest.mark.parametrize("p", [1.0, 2.0, 3.0, math.inf])
+def test_norms_per_tensor_then_per_group(p):
+    torch.manual_seed(0)
+    tensors = [torch.randn(3, 4), torch.randn(5), torch.randn(2, 2).half(), torch.randn(7)]
+    assert N.local_tensors(tensors) == (tensors, None)
+    per_tensor = N.tensor_norms(tensors, p, torch.device("cpu"))
+    assert per_tensor.dtype == torch.float32 and per_tensor.shape == (4,)
+    want = [float(torch.linalg.vector_norm(t.double(), p)) for t in tensors]
+    assert per_tensor.tolist() == pytest.approx(want, rel=1e-3)
+    powers = N.to_host(per_tensor, p, None)
+    assert powers.dtype == torch.float64
+    exact = [float(v) for v in per_tensor]
+    assert powers.tolist() == pytest.approx(exact if p == math.inf else [v**p for v in exact])
+    # tensors 0 and 3 form group 0, tensor 1 group 2; group 1 has none
+    grouped = N.group(powers, torch.tensor([0, 2, 1, 0]), 4, p)
+    flat = [torch.cat([tensors[0].flatten(), tensors[3]]), tensors[1], tensors[2].float()]
+    want = [float(torch.linalg.vector_norm(t.double(), p)) for t in flat]
+    assert grouped == pytest.approx([want[0], want[2], want[1], 0.0], rel=1e-3)
+    assert N.tensor_norms([], p, torch.device("cpu")).shape == (0,)
+
+
+def test_elements_finite():
+    assert N.elements_finite([torch.ones(2), torch.full((3,), 1e38)])
+    assert not N.elements_finite([torch.ones(2), torch.tensor([1.0, math.inf])])
+    assert not N.elements_finite([torch.tensor([math.nan])])
+    assert N.elements_finite([])
