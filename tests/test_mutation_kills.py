@@ -1020,3 +1020,47 @@ def test_elements_finite():
     assert not N.elements_finite([torch.ones(2), torch.tensor([1.0, math.inf])])
     assert not N.elements_finite([torch.tensor([math.nan])])
     assert N.elements_finite([])
+
+
+class TwiceReLU(nn.Module):
+    """One ReLU called twice per forward, and a tanh called on a 0-d tensor (not measured)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.linear = nn.Linear(64, 10)
+        self.relu, self.tanh = nn.ReLU(), nn.Tanh()
+        self.register_buffer("a", torch.tensor([-1.0, 2.0]))
+        self.register_buffer("b", torch.tensor([3.0, -4.0]))
+
+    def forward(self, x):
+        n = x.shape[0]
+        extra = self.relu(self.a.expand(n, -1)).sum() + self.relu(self.b.expand(n, -1)).sum()
+        extra = extra + self.tanh(torch.tensor(0.5))
+        return self.linear(x.flatten(1)) + 0 * extra
+
+
+def test_a_module_called_twice_logs_the_mean_of_its_calls(tmp_path):
+    from gradwatch.callbacks import ActivationStatsCallback
+    from gradwatch.data import DigitsDataModule
+    from gradwatch.module import ClassifierModule
+
+    log = MemoryLogger()
+    cb = ActivationStatsCallback(log_every_n_steps=3)
+    t = L.Trainer(
+        max_steps=7,
+        accelerator="cpu",
+        logger=log,
+        callbacks=[cb],
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        limit_val_batches=0,
+        default_root_dir=tmp_path,
+    )
+    t.fit(ClassifierModule(TwiceReLU(), num_classes=10), datamodule=DigitsDataModule(seed=0))
+    # logged on step 0 and where (step + 1) % 3 == 0
+    assert sorted(log.values("activation/net.relu/mean")) == [0, 2, 5]
+    # call 1: relu([-1, 2]) = [0, 2], mean 1; call 2: relu([3, -4]) = [3, 0], mean 1.5
+    assert log.values("activation/net.relu/mean")[0] == pytest.approx((1.0 + 1.5) / 2)
+    assert log.values("activation/net.relu/dead")[0] == pytest.approx(0.5)  # one unit each
+    assert not any(k.startswith("activation/net.tanh/") for _, m in log.rows for k in m)
