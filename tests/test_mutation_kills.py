@@ -1064,3 +1064,34 @@ def test_a_module_called_twice_logs_the_mean_of_its_calls(tmp_path):
     assert log.values("activation/net.relu/mean")[0] == pytest.approx((1.0 + 1.5) / 2)
     assert log.values("activation/net.relu/dead")[0] == pytest.approx(0.5)  # one unit each
     assert not any(k.startswith("activation/net.tanh/") for _, m in log.rows for k in m)
+
+
+def test_exponential_shrink_passes_a_fit_of_exactly_a_quarter():
+    import numpy as np
+
+    runs = [job("sigmoid", 1, 0.25), job("sigmoid", 3, 0.25**3)]
+    factor = 10 ** np.polyfit([1, 3], [math.log10(0.25), math.log10(0.25**3)], 1)[0]
+    if factor != 0.25:
+        pytest.skip(f"numpy's fit gives {factor!r} here, not exactly 0.25")
+    assert C.sigmoid_shrinks_exponentially(groups(*runs)).result == PASS  # <= 0.25, inclusive
+
+
+def test_theory_claims_words():
+    arithmetic, demo, tanh = C.theory_claims()
+    assert (arithmetic.quote, arithmetic.check) == (
+        "A 10-layer network with average gradient values of 0.25 per layer results in "
+        "0.25^10 = 0.00000095.",
+        "the arithmetic",
+    )
+    assert (demo.quote, demo.check) == (
+        "deep_network_gradients(): gradient magnitudes vanish across 10 sigmoid layers.",
+        "the article's demo with the correct derivative a(1 - a): mean |gradient| grows "
+        "monotonically from input to output",
+    )
+    assert (tanh.quote, tanh.check) == (
+        "The tanh function has a maximum derivative of 1, but in practice averages around 0.4.",
+        "mean tanh'(z) over the units of a 10-layer width-128 Xavier-normal tanh MLP fed "
+        "N(0, 1) inputs, at initialization: within 0.3-0.5",
+    )
+    assert demo.evidence.endswith("(the article's decay demo assumes ~0.2)")
+    assert "first/last" in demo.evidence and "sigmoid applied twice: " in demo.evidence
