@@ -1095,3 +1095,15 @@ def test_theory_claims_words():
     )
     assert demo.evidence.endswith("(the article's decay demo assumes ~0.2)")
     assert "first/last" in demo.evidence and "sigmoid applied twice: " in demo.evidence
+
+
+def test_theory_demo_evidence_numbers():
+    from gradwatch.report.theory import deep_network_gradients
+
+    d = deep_network_gradients()
+    g, a = list(d.gradients), list(d.article_gradients)
+    demo = C.theory_claims()[1]
+    assert demo.evidence.startswith(
+        f"layer 1: {g[0]:.1e}, layer 10: {g[9]:.1e}, first/last {g[0] / g[9]:.1e} (the "
+        f"article's code, sigmoid applied twice: {a[0] / a[9]:.1e}); mean sigmoid derivative "
+    )
