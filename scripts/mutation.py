@@ -149,8 +149,12 @@ def prepare(group: str, fresh: bool) -> Path:
     for name in ["tests", *ALSO_COPY]:
         if not (ws / name).is_symlink():
             (ws / name).symlink_to(ROOT / name)
-    # mutmut's tree must exist before it starts: PYTHONPATH names it (see run_group).
-    (ws / "mutants" / "src").mkdir(parents=True, exist_ok=True)
+    # mutmut's tree must exist before it starts: PYTHONPATH names it (see run_group). mutmut
+    # copies files, not the link src/gradwatch/configs -> ../../configs: made here.
+    (ws / "mutants" / "src" / "gradwatch").mkdir(parents=True, exist_ok=True)
+    link = ws / "mutants" / "src" / "gradwatch" / "configs"
+    if not link.is_symlink():
+        link.symlink_to(Path("..", "..", "configs"))
     if fresh or not (ws / "src").exists():
         shutil.copytree(ROOT / "src", ws / "src", symlinks=True)
         for f in files:
