@@ -1107,3 +1107,27 @@ def test_theory_demo_evidence_numbers():
         f"layer 1: {g[0]:.1e}, layer 10: {g[9]:.1e}, first/last {g[0] / g[9]:.1e} (the "
         f"article's code, sigmoid applied twice: {a[0] / a[9]:.1e}); mean sigmoid derivative "
     )
+
+
+@pytest.mark.parametrize(
+    ("mean", "result"), [(0.3, PASS), (0.4, PASS), (0.5, PASS), (0.29, FAIL), (0.51, FAIL)]
+)
+def test_tanh_claim_band_is_inclusive(monkeypatch, mean, result):
+    monkeypatch.setattr(C, "mean_tanh_derivative", lambda: mean)
+    tanh = C.theory_claims()[2]
+    assert tanh.result == result and tanh.evidence == f"mean tanh'(z) = {mean:.2f}"
+
+
+def test_demo_claim_fails_when_the_gradients_do_not_grow(monkeypatch):
+    from types import SimpleNamespace
+
+    import numpy as np
+
+    flat = SimpleNamespace(
+        gradients=np.array([1.0, 2.0, 2.0]),
+        article_gradients=np.array([1.0, 2.0]),
+        first_last_ratio=0.5,
+        mean_derivative=0.25,
+    )
+    monkeypatch.setattr(C, "deep_network_gradients", lambda: flat)
+    assert C.theory_claims()[1].result == FAIL
