@@ -149,8 +149,7 @@ def prepare(group: str, fresh: bool) -> Path:
     for name in ["tests", *ALSO_COPY]:
         if not (ws / name).is_symlink():
             (ws / name).symlink_to(ROOT / name)
-    # mutmut's tree must exist before it starts: PYTHONPATH names it (see run_group). mutmut
-    # copies files, not the link src/gradwatch/configs -> ../../configs: made here.
+    # mutmut copies files, not the link src/gradwatch/configs -> ../../configs: made here.
     (ws / "mutants" / "src" / "gradwatch").mkdir(parents=True, exist_ok=True)
     link = ws / "mutants" / "src" / "gradwatch" / "configs"
     if not link.is_symlink():
@@ -186,8 +185,10 @@ def run_group(group: str, again: bool = False, resume: bool = False) -> float:
         if not names:
             return 0.0
     ws = prepare(group, fresh=not (again or resume))
-    # Tests that start ``python -m gradwatch...`` in a subprocess run the mutated code too.
-    env = {**os.environ, "PYTHONPATH": str(ws / "mutants" / "src")}
+    # Tests that start ``python -m gradwatch...`` in a subprocess run the workspace's unmutated
+    # copy: mutmut's trampolines need its config in the working directory, which a subprocess
+    # started elsewhere does not have (mutmut cannot trace subprocesses anyway).
+    env = {**os.environ, "PYTHONPATH": str(ws / "src")}
     env.update(OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", WANDB_MODE="offline")
     mutmut = Path(sys.executable).with_name("mutmut")
     start = time.monotonic()
