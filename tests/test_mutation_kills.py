@@ -1131,3 +1131,27 @@ def test_demo_claim_fails_when_the_gradients_do_not_grow(monkeypatch):
     )
     monkeypatch.setattr(C, "deep_network_gradients", lambda: flat)
     assert C.theory_claims()[1].result == FAIL
+
+
+def test_a_dict_without_global_step_is_not_a_checkpoint(tmp_path):
+    run = make_run(tmp_path, "relu", "a")
+    good = save_ckpt(run / "checkpoints" / "epoch=0.ckpt", mtime=100)
+    torch.save({"state_dict": {}}, weights := run / "checkpoints" / "weights.ckpt")
+    os.utime(weights, (200, 200))
+    assert R.last_checkpoint_in(run) == good
+
+
+def test_hydra_subdir_of_a_resume_keeps_the_first_launch_files(tmp_path):
+    run = make_run(tmp_path, "relu", "a")
+    save_ckpt(run / "checkpoints" / "last.ckpt")
+
+    def root(output_dir):
+        c = cfg(tmp_path, "last")
+        c.hydra = {"runtime": {"output_dir": output_dir}}
+        return c
+
+    sub = R._hydra_subdir_resolver(_root_=root(str(run)))
+    assert re.fullmatch(r"\.hydra/resume-\d{4}-\d\d-\d\d_\d\d-\d\d-\d\d-\d{6}", sub)
+    assert R._hydra_subdir_resolver(_root_=root(str(tmp_path / "elsewhere"))) == ".hydra"
+    assert R._hydra_subdir_resolver(_root_=cfg(tmp_path, "last")) == ".hydra"  # no hydra key
+    assert R._hydra_subdir_resolver(_root_=root(None)) == ".hydra"
