@@ -1155,3 +1155,22 @@ def test_hydra_subdir_of_a_resume_keeps_the_first_launch_files(tmp_path):
     assert R._hydra_subdir_resolver(_root_=root(str(tmp_path / "elsewhere"))) == ".hydra"
     assert R._hydra_subdir_resolver(_root_=cfg(tmp_path, "last")) == ".hydra"  # no hydra key
     assert R._hydra_subdir_resolver(_root_=root(None)) == ".hydra"
+
+
+def test_continue_csv_logger_keeps_earlier_rows_quietly(tmp_path):
+    import warnings
+
+    from lightning.pytorch.loggers import CSVLogger
+
+    logger = CSVLogger(tmp_path, name="csv", version=0)
+    path = Path(logger.log_dir) / "metrics.csv"
+    R.continue_csv_logger(logger, 2)  # no file yet: nothing to keep
+    path.parent.mkdir(parents=True)
+    write_csv(path, ["step", "train/loss"], [[str(s), str(10 - s)] for s in range(5)])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # Lightning's "logs directory exists" stays quiet
+        R.continue_csv_logger(logger, 2)
+    assert read_csv(path) == [["step", "train/loss"], ["0", "10"], ["1", "9"]]
+    logger.log_metrics({"train/loss": 7.5}, step=2)
+    logger.save()
+    assert read_csv(path)[-1] == ["2", "7.5"] and len(read_csv(path)) == 4
