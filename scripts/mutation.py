@@ -181,7 +181,13 @@ def run_group(group: str, again: bool = False, resume: bool = False) -> float:
     ``resume``: go on with the mutants an interrupted run did not check."""
     names = []
     if again:
-        names = [m for f in results(group).values() for m, s in f.items() if not _killed(s)]
+        skip = load_equivalents()
+        names = [
+            m
+            for f in results(group).values()
+            for m, s in f.items()
+            if not _killed(s) and m not in skip
+        ]
         if not names:
             return 0.0
     ws = prepare(group, fresh=not (again or resume))
