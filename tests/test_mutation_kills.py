@@ -687,7 +687,7 @@ def make_run(root: Path, task: str, name: str, experiment: str | None = None) ->
 def test_newest_checkpoint_first_and_last_ckpt_first_among_equals(tmp_path):
     run = make_run(tmp_path, "relu", "a")
     old = save_ckpt(run / "checkpoints" / "epoch=0.ckpt", mtime=100)
-    new = save_ckpt(run / "checkpoints" / "epoch=1.ckpt", mtime=200)
+    new = save_ckpt(run / "checkpoints" / "step=9.ckpt", mtime=200)  # sorts after "last"
     last = save_ckpt(run / "checkpoints" / "last.ckpt", mtime=200)
     (run / "checkpoints" / "dangling.ckpt").symlink_to(run / "nowhere.ckpt")
     assert R._newest_first([run]) == [last, new, old]
