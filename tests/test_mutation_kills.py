@@ -1174,3 +1174,19 @@ def test_continue_csv_logger_keeps_earlier_rows_quietly(tmp_path):
     logger.log_metrics({"train/loss": 7.5}, step=2)
     logger.save()
     assert read_csv(path)[-1] == ["2", "7.5"] and len(read_csv(path)) == 4
+
+
+def write_verdict_golden() -> None:
+    """Rewrite mutation_golden/verdict_advice.json from the current advice (on purpose only:
+    ``python -c "from tests.test_mutation_kills import write_verdict_golden as w; w()"``)."""
+    out = {}
+    for name, (ratios, signals) in VERDICT_SCENARIOS.items():
+        d = diagnose(ratios, **signals)
+        ratio = None if math.isnan(d.ratio) else d.ratio
+        out[name] = {
+            "verdict": d.verdict,
+            "ratio": ratio,
+            "advice": d.advice,
+            "reasons": list(d.reasons),
+        }
+    (GOLDEN / "verdict_advice.json").write_text(json.dumps(out, indent=1))
