@@ -76,6 +76,13 @@ test: $(STAMP) ## run the test suite (offline, CPU); installs chromium for the b
 		echo "could not install chromium: the browser tests will skip"; }
 	$(BIN)/python -m pytest
 
+# Mutation testing (issue 16): not part of `make test`; run it before a release of the modules
+# it covers (scripts/mutation.py lists them with their tests). MUTATION_ARGS="verdict --again" etc.
+.PHONY: mutation
+MUTATION_ARGS ?=
+mutation: $(STAMP) ## mutation testing (mutmut, 1 worker): score per module, survivors (long: see README)
+	$(BIN)/python scripts/mutation.py $(MUTATION_ARGS)
+
 lint: $(STAMP) ## ruff check
 	$(BIN)/ruff check .
 
