@@ -34,9 +34,12 @@ class Probe(nn.Module):
         return self.out(self.tanh(h) + self.relu(self.dead(h)))
 
 
-def fit(tmp_path, callback: ActivationStatsCallback, steps: int) -> tuple[Probe, MemoryLogger]:
+def fit(
+    tmp_path, callback: ActivationStatsCallback, steps: int, net: nn.Module | None = None
+) -> tuple[nn.Module, MemoryLogger]:
+    """``net`` (default: :class:`Probe`) trained ``steps`` steps on digits with ``callback``."""
     torch.manual_seed(0)
-    net, log = Probe(), MemoryLogger()
+    net, log = net or Probe(), MemoryLogger()
     trainer = L.Trainer(
         max_steps=steps,
         accelerator="cpu",
@@ -106,17 +109,6 @@ def test_tanh_saturation_margin_scales_with_its_range(tmp_path):
             pre = torch.atanh(targets).expand(x.shape[0], 6) + 0 * x.flatten(1)[:, :6]
             return self.out(self.tanh(pre))
 
-    log = MemoryLogger()
-    trainer = L.Trainer(
-        max_steps=1,
-        accelerator="cpu",
-        logger=log,
-        callbacks=[ActivationStatsCallback(log_every_n_steps=1, saturation_margin=0.02)],
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        limit_val_batches=0,
-        default_root_dir=tmp_path,
-    )
-    trainer.fit(ClassifierModule(Fixed(), num_classes=10), datamodule=DigitsDataModule(seed=0))
+    callback = ActivationStatsCallback(log_every_n_steps=1, saturation_margin=0.02)
+    _, log = fit(tmp_path, callback, steps=1, net=Fixed())
     assert log.values("activation/net.tanh/saturation")[0] == pytest.approx(2 / 6)

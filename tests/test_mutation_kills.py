@@ -266,7 +266,6 @@ def test_claims_md_exact_text(tmp_path):
 
 
 # -- nets/init.py: every scheme's distribution against its formula ----------------------------
-import lightning as L  # noqa: E402
 import torch  # noqa: E402
 from torch import nn  # noqa: E402
 
@@ -377,32 +376,19 @@ def test_tanh_saturation_uses_a_margin_scaled_to_its_range(tmp_path):
     from gradwatch.callbacks import ActivationStatsCallback
     from gradwatch.data import DigitsDataModule
     from gradwatch.module import ClassifierModule
-    from tests.memory_logger import MemoryLogger
 
     tanh_out = [0.97, -0.97, 0.95, -0.95, 0.0, 0.5, 0.99, -0.1]
     sigmoid_out = [0.985, 0.015, 0.975, 0.025, 0.5, 0.6, 0.999, 0.1]
-    log = MemoryLogger()
     cb = ActivationStatsCallback(log_every_n_steps=1)
-    trainer = L.Trainer(
-        max_steps=3,
-        accelerator="cpu",
-        logger=log,
-        callbacks=[cb],
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        limit_val_batches=0,
-        default_root_dir=tmp_path,
-    )
-    net, dm = Fixed(tanh_out, sigmoid_out), DigitsDataModule(seed=0)
-    trainer.fit(ClassifierModule(net, num_classes=10), datamodule=dm)
+    net, log = fit_activations(tmp_path, cb, steps=3, net=Fixed(tanh_out, sigmoid_out))
     # independent: saturated = within 2% of the range (tanh: 0.04, sigmoid: 0.02) of an end
     want_tanh = sum(abs(v) > 1 - 0.02 * 2 for v in tanh_out) / len(tanh_out)
     want_sigmoid = sum(v < 0.02 or v > 0.98 for v in sigmoid_out) / len(sigmoid_out)
     assert (want_tanh, want_sigmoid) == (3 / 8, 3 / 8)
     assert log.values("activation/net.tanh/saturation")[0] == pytest.approx(want_tanh)
     assert log.values("activation/net.sigmoid/saturation")[0] == pytest.approx(want_sigmoid)
-    t = torch.tensor(tanh_out, dtype=torch.float64).repeat(dm.batch_size)  # every example
+    batch = DigitsDataModule(seed=0).batch_size
+    t = torch.tensor(tanh_out, dtype=torch.float64).repeat(batch)  # every example
     assert log.values("activation/net.tanh/mean")[0] == pytest.approx(t.mean().item(), abs=1e-6)
     assert log.values("activation/net.tanh/std")[0] == pytest.approx(t.std().item(), rel=1e-5)
     assert "activation/net.tanh/dead" not in log.rows[0][1]
@@ -420,7 +406,7 @@ def test_tanh_saturation_uses_a_margin_scaled_to_its_range(tmp_path):
     assert set(state) == {"first_std", "sums"}
     again = ActivationStatsCallback(log_every_n_steps=1)
     again.load_state_dict(state)
-    again.on_fit_start(trainer, trainer.lightning_module)
+    again.on_fit_start(None, ClassifierModule(net, num_classes=10))
     assert again.signals() == signals
     assert ActivationStatsCallback().state_dict() == {"first_std": {}, "sums": {}}
 
@@ -428,6 +414,7 @@ def test_tanh_saturation_uses_a_margin_scaled_to_its_range(tmp_path):
 # -- GradientNormCallback: AMP skips, the collapsed scaler, the checkpointed state -----------
 from gradwatch.callbacks import GradientNormCallback  # noqa: E402
 from tests.memory_logger import MemoryLogger  # noqa: E402
+from tests.test_activation_stats import fit as fit_activations  # noqa: E402
 from tests.test_grad_norm_models import (  # noqa: E402
     Classifier,
     fp16_on_cpu,
@@ -1044,23 +1031,9 @@ class TwiceReLU(nn.Module):
 
 def test_a_module_called_twice_logs_the_mean_of_its_calls(tmp_path):
     from gradwatch.callbacks import ActivationStatsCallback
-    from gradwatch.data import DigitsDataModule
-    from gradwatch.module import ClassifierModule
 
-    log = MemoryLogger()
     cb = ActivationStatsCallback(log_every_n_steps=3)
-    t = L.Trainer(
-        max_steps=7,
-        accelerator="cpu",
-        logger=log,
-        callbacks=[cb],
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        limit_val_batches=0,
-        default_root_dir=tmp_path,
-    )
-    t.fit(ClassifierModule(TwiceReLU(), num_classes=10), datamodule=DigitsDataModule(seed=0))
+    _, log = fit_activations(tmp_path, cb, steps=7, net=TwiceReLU())
     # logged on step 0 and where (step + 1) % 3 == 0
     assert sorted(log.values("activation/net.relu/mean")) == [0, 2, 5]
     # call 1: relu([-1, 2]) = [0, 2], mean 1; call 2: relu([3, -4]) = [3, 0], mean 1.5
