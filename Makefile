@@ -95,7 +95,7 @@ tensorboard: $(STAMP) ## serve the logs on http://127.0.0.1:$(PORT)
 .PHONY: sweep report theory
 SWEEP ?= small
 RUN   ?=
-sweep: $(STAMP) ## multirun: the article's networks x depths in parallel, then the report (SWEEP=small|full)
+sweep: $(STAMP) ## multirun: the article's networks x depths in parallel, then the report (SWEEP=small|full|deep)
 	$(BIN)/python -m gradwatch.train sweep=$(SWEEP) paths.log_dir=$(LOG_DIR) $(ARGS); status=$$?; \
 		$(BIN)/python -m gradwatch.report --log-dir $(LOG_DIR) && exit $$status
 
