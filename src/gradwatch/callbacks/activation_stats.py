@@ -126,7 +126,6 @@ class ActivationStatsCallback(L.Callback):
         std = out.std() if out.numel() > 1 else nan
         return torch.stack([out.mean(), std, saturation, dead])
 
-
     def on_train_batch_end(self, trainer: L.Trainer, *args: Any) -> None:
         if not self._pass.active:
             return
