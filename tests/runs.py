@@ -131,14 +131,14 @@ def grad_norm_rows(run_dir: Path) -> dict[tuple[int, str], float]:
 
 
 def checkpoint_step(path: Path) -> int:
-    return int(torch.load(path, map_location="cpu", weights_only=False)["global_step"])
+    return int(torch.load(path, map_location="cpu", weights_only=True)["global_step"])
 
 
 def assert_same_training(resumed: Path, reference: Path, rel: float = 1e-6) -> None:
     """Same final weights and the same grad_norms.csv rows as the uninterrupted reference."""
-    got = torch.load(resumed / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    got = torch.load(resumed / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
     want = torch.load(
-        reference / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False
+        reference / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True
     )
     assert got["global_step"] == want["global_step"] == TINY_STEPS
     assert got["state_dict"].keys() == want["state_dict"].keys()

@@ -621,3 +621,15 @@ def test_torchvision_resnet18_norms_and_order(tmp_path):
             layer_norm(grads, layer), rel=1e-5
         )
     assert log.values("grad_norm/total")[0] == pytest.approx(norm(grads.values()), rel=1e-5)
+
+
+def test_the_verdict_reads_the_logged_loss_a_network_that_does_not_learn_is_not_healthy(tmp_path):
+    torch.manual_seed(0)
+    cb = GradientNormCallback(log_every_n_steps=1)
+    # lr 0: the gradients are fine, the weights never move, so the loss cannot fall.
+    trainer(tmp_path, [cb], max_steps=8).fit(Classifier(mlp(), lr=0.0), loader(n=128))
+    assert len(cb.losses) == 8 and max(cb.losses) - min(cb.losses) < 0.5  # independent: flat
+    summary = cb.summary()
+    assert 1e-2 < summary["median_first_last_ratio"] < 1e2  # the ratio alone says healthy
+    assert (summary["diagnosis"], summary["stalled"]) == ("vanishing", True)
+    assert any("did not fall" in r or "negligible" in r for r in summary["reasons"])

@@ -45,8 +45,9 @@ class DashboardCallback(L.Callback):
       ``verdict/first_last_ratio`` (the judged median) and ``verdict/code`` (-1 vanishing,
       0 healthy, 1 exploding, 2 non-finite) that the HPARAMS tab shows beside each run's
       config (every logger gets these scalars).
-    - W&B: the run summary holds ``diagnosis``, ``advice`` and the ratios (the keys of
-      ``summary.json``), updated when the verdict changes; at the end of fit two line charts:
+    - W&B: the W&B run summary holds ``diagnosis``, ``advice`` and the ratios (the keys of
+      ``GradientNormCallback.summary()``), updated when the verdict changes; at the end of
+      fit two line charts:
       every layer's log10 gradient norm against the step (``charts/grad_norm_per_layer``)
       and against depth at the first and last logged step (``charts/grad_norm_vs_depth``).
 
@@ -208,7 +209,7 @@ def _profile(layers: list, step: int) -> tuple[list[int], list[float]]:
 
 
 def _finite(summary: dict[str, Any]) -> dict[str, Any]:
-    """W&B summary values: non-finite floats as strings ("nan", "inf"), as in summary.json."""
+    """W&B summary values: non-finite floats as strings ("nan", "inf")."""
     return {
         k: (str(v) if isinstance(v, float) and not math.isfinite(v) else v)
         for k, v in summary.items()

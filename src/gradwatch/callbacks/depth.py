@@ -42,7 +42,6 @@ class DepthOrder:
     def wanted(self) -> bool:
         """Whether an ordering pass is due: a trainable layer not looked for yet (the first
         step, an unfrozen layer) or one that got a gradient without having a place."""
-        self._open -= self.key.keys()
         return bool(self._had_gradient) or any(self._trainable(i) for i in self._open)
 
     def _trainable(self, index: int) -> bool:
@@ -95,6 +94,7 @@ class DepthOrder:
     def merge(self) -> None:
         """Place the layers seen so far in this pass (again, as more backward passes come)."""
         self.key.update(self._graph)
+        self._open -= self._graph.keys()
         # Layers that ran but that the graph does not reach go right after the last layer
         # before them that it does reach (all of them in forward order when it reaches none).
         previous = (max(self._graph.values()) if self._graph else len(self._forward)) + 1
@@ -105,6 +105,7 @@ class DepthOrder:
             else:
                 after += 1
                 self.key[layer] = previous - 1 + 1 / (after + 1)
+                self._open.discard(layer)
 
     def order(self) -> list[int]:
         """Layer indices input side first. Layers never seen keep their registration

@@ -295,12 +295,12 @@ class GradientNormCallback(L.Callback):
     # -- depth order: measured on a logging step where some layer has no place yet ------
     def on_train_batch_start(self, trainer: L.Trainer, *args: Any) -> None:
         depth = self._depth
-        if depth is None or depth.active or not depth.wanted():
+        if depth is None or depth.active:
             return
         due = not self._opts or any(
             self._logs_at(trainer, self._own_step(trainer, o)) for o in self._opts.values()
         )
-        if due:
+        if due and depth.wanted():  # a logging step only: wanted() looks at every open layer
             depth.start()
 
     def _merge_depths(self) -> None:
@@ -696,7 +696,7 @@ class GradientNormCallback(L.Callback):
         return [self.layers[i].name for i in main.layers] if main else []
 
     def summary(self) -> dict[str, Any]:
-        """The verdict and its numbers, for the run's summary.json (written by its owner)."""
+        """The verdict and its numbers; the run record (``gradwatch.run.record``) files them."""
         result = self.diagnosis()
         ratios = self.ratios
         summary = {

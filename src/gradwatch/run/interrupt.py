@@ -222,7 +222,7 @@ class InterruptCheckpoint(L.Callback):
             ours = isinstance(callback, ModelCheckpoint) and callback.save_last
             if ours and callback.dirpath and Path(callback.dirpath) == path.parent:
                 callback.last_model_path = str(path)
-        trainer.save_checkpoint(path, weights_only=False)
+        trainer.save_checkpoint(path)  # the whole training state: weights, optimizer, loops
         self.saved_path = path
         rank_zero_info(f"{self.signal}: saved {path} at step {trainer.global_step}")
 
