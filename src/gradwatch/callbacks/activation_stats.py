@@ -160,7 +160,7 @@ class ActivationStatsCallback(L.Callback):
         if isinstance(kind, tuple):
             low, high = kind  # within the margin of either end: |x - mid| > half - margin
             margin = self.saturation_margin * (high - low)
-            ends = (flat - (low + high) / 2).abs_() > (high - low) / 2 - margin
+            ends = (flat - (low + high) / 2).abs_().gt_((high - low) / 2 - margin)  # 1.0 / 0.0
             saturation = ends.sum(dim=1) / n
         elif kind == "dead":  # a unit: one position of the output without the batch dimension
             batch = x.shape[1] if x.dim() > 2 else 1
