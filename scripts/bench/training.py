@@ -61,7 +61,7 @@ BARE = ("callbacks=none", "logger=none", "++trainer.enable_checkpointing=false")
 #: ``None``: every variant of :func:`network_rows`. Digits: 10 steps an epoch.
 WORKLOADS = {
     "sigmoid": ("sigmoid", (), (1, 19, 2), None),
-    "residual": ("residual", (), (1, 4, 1), None),
+    "residual": ("residual", (), (1, 2, 1), None),
     "sigmoid, MNIST-shaped": (
         "sigmoid",
         ("data=mnist", "data.download=false"),  # data.data_dir: the files written by the group
