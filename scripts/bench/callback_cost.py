@@ -85,7 +85,7 @@ def _fit(
 
 
 def deep520(repeats: int, quick: bool) -> list[Row]:
-    steps, skip = (60 if quick else 200), 5
+    steps, skip = (60 if quick else 120), 5
     logging, plain, sizes = [], [], []
     for seed in range(max(1, repeats)):
         torch.manual_seed(seed)
@@ -164,7 +164,7 @@ def resnet_rate(
 def resnet18(repeats: int, quick: bool) -> list[Row]:
     os.environ.setdefault("WANDB_MODE", "offline")
     os.environ.setdefault("WANDB_SILENT", "true")
-    steps = 12 if quick else 30
+    steps = 12 if quick else 20
     rates: dict[str, list[float]] = {v: [] for v in RESNET_VARIANTS}
     with tempfile.TemporaryDirectory() as root:
         resnet_rate("none", steps, root)  # warm-up: one-off costs (allocator, kernels)

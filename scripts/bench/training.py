@@ -280,8 +280,7 @@ def flush_denormal_rows(repeats: int, quick: bool, log_dir: str) -> list[Row]:
     The 10-layer net makes no subnormal floats on digits; at depth 20 the input-side
     gradients are ~1e-19, so Adam's squared-gradient average falls below 1.2e-38.
     """
-    warmup, epochs, quick_epochs = WORKLOADS["sigmoid"][2]
-    epochs = quick_epochs if quick else epochs
+    warmup, epochs = 1, 2 if quick else 8
     name = "sigmoid depth 20: gradwatch"
     deep = ("model.net.depth=20",)
     cfgs = {
