@@ -164,7 +164,7 @@ def resnet_rate(
 def resnet18(repeats: int, quick: bool) -> list[Row]:
     os.environ.setdefault("WANDB_MODE", "offline")
     os.environ.setdefault("WANDB_SILENT", "true")
-    steps = 12 if quick else 20
+    steps = 12 if quick else 30
     rates: dict[str, list[float]] = {v: [] for v in RESNET_VARIANTS}
     with tempfile.TemporaryDirectory() as root:
         resnet_rate("none", steps, root)  # warm-up: one-off costs (allocator, kernels)
