@@ -355,6 +355,7 @@ def test_state_survives_a_checkpoint_resume(tmp_path):
 
 
 def test_gradient_flow_figure_and_histograms_are_written(tmp_path):
+    import PIL.Image
     from lightning.pytorch.loggers import TensorBoardLogger
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
@@ -369,7 +370,11 @@ def test_gradient_flow_figure_and_histograms_are_written(tmp_path):
     events.Reload()
     assert "grad_hist/net.network.0" in events.Tags()["histograms"]
     assert [e.step for e in events.Histograms("grad_hist/net.network.0")] == [0, 1]
-    assert [e.step for e in events.Images("gradient_flow")] == [1, 3]  # every 2nd; the end
+    images = events.Images("gradient_flow")
+    assert [e.step for e in images] == [1, 3]  # every 2nd; the end
+    png = tmp_path / "gradient_flow.png"  # the end's figure: logged as the very same PNG
+    assert images[-1].encoded_image_string == png.read_bytes()
+    assert (images[-1].width, images[-1].height) == PIL.Image.open(png).size
 
 
 def test_weight_stats_off_logs_gradient_norms_only(tmp_path):
