@@ -101,3 +101,34 @@ def test_save_flushes_at_most_every_few_seconds_and_finalize_always(tmp_path, mo
     events = EventAccumulator(str(tmp_path / "tb"))
     events.Reload()
     assert [e.value for e in events.Scalars("grad_norm/a")] == [float(s + 1) for s in range(10)]
+
+
+def test_event_checksums_come_from_c_and_equal_tensorboards_own(tmp_path):
+    """The C CRC-32C replaces TensorBoard's pure-Python one: same masked values, and the
+    event files still pass TensorBoard's own checksum check when read back."""
+    import random
+
+    from tensorboard.compat.tensorflow_stub.pywrap_tensorflow import masked_crc32c as python_crc
+    from tensorboard.summary.writer import record_writer
+
+    logger = BatchedTensorBoardLogger(tmp_path, name="tb", version="")
+    assert record_writer.masked_crc32c is not python_crc
+    rng = random.Random(0)
+    for n in (0, 1, 8, 3000, 65536):
+        data = bytes(rng.randrange(256) for _ in range(n))
+        assert record_writer.masked_crc32c(data) == python_crc(data)
+    logger.log_metrics({"grad_norm/a": 0.5}, step=0)
+    logger.finalize("success")
+    (events_file,) = (tmp_path / "tb").glob("events.out.tfevents.*")
+    from tensorboard.compat.tensorflow_stub.pywrap_tensorflow import PyRecordReader_New
+
+    reader = PyRecordReader_New(str(events_file))  # raises DataLossError on a bad checksum
+    records = 0
+    while True:
+        try:
+            reader.GetNext()
+        except Exception as end:  # OutOfRangeError at the end of the file
+            assert type(end).__name__ == "OutOfRangeError"
+            break
+        records += 1
+    assert records >= 2  # the file version record and the step's event

@@ -24,6 +24,30 @@ EVENTS_GLOB = "events.out.tfevents.*"
 LOG10 = "log10_"
 
 
+def use_c_crc32c() -> bool:
+    """Checksum TensorBoard's event records with google-crc32c's C code.
+
+    TensorBoard's writer computes every record's CRC-32C in pure Python: 0.5 ms for the 3 kB
+    event of a small net's logging step, 10 ms for a 520-layer net's, in its writer thread
+    and holding the GIL, so training waits. The C version gives the same value 2,000x
+    faster. Returns whether it is in use (not when google-crc32c has no C build here).
+    """
+    try:
+        import google_crc32c
+    except ImportError:
+        return False
+    if google_crc32c.implementation != "c":
+        return False
+    from tensorboard.summary.writer import record_writer
+
+    def masked_crc32c(data: bytes) -> int:  # TFRecord's masking of the CRC
+        crc = google_crc32c.value(data)
+        return (((crc >> 15) | (crc << 17)) + 0xA282EAD8) & 0xFFFFFFFF
+
+    record_writer.masked_crc32c = masked_crc32c
+    return True
+
+
 def continued_version(root: Path) -> str | None:
     """The run directory an earlier launch of this run wrote under ``root``, so that a resume
     continues it: ``""`` for event files directly in ``root``, else its only subdirectory
@@ -84,6 +108,7 @@ class BatchedTensorBoardLogger(TensorBoardLogger):
             if version is None:
                 version = dir_name(run_name)
         super().__init__(save_dir, name=name, version=version, **kwargs)
+        use_c_crc32c()
         self.log10 = tuple(log10 or ())
         self._log10_parts = tuple(f"{kind}/" for kind in self.log10)
         self.hparams_keys = tuple(HPARAMS if hparams is None else hparams)
