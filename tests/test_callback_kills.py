@@ -11,6 +11,7 @@ the callback asks of it is checked, the drawing is tested in tests/test_plots.py
 from __future__ import annotations
 
 import csv
+import itertools
 import math
 import statistics
 import warnings
@@ -1047,7 +1048,7 @@ def test_a_skipped_fp16_step_is_counted_and_the_others_are_unscaled(tmp_path, fu
     # 2^24 overflows step 0's fp16 gradients: the step is skipped, the scale backs off to 2^14
     _, log = fit([probe, cb], module, steps=3, root=tmp_path, plugins=[fp16(2.0**24, 2.0**-10)])
     before = [r["before"] for r in probe.steps]  # independent: no weight moved in step 0 only
-    assert [all(torch.equal(a[n], b[n]) for n in a) for a, b in zip(before, before[1:])] == [
+    assert [all(torch.equal(a[n], b[n]) for n in a) for a, b in itertools.pairwise(before)] == [
         True,
         False,
     ]
@@ -1498,7 +1499,7 @@ def test_zero_and_missing_gradients_and_zero_weights(tmp_path, monkeypatch):
     # verdict's update ratios
     assert metrics[4]["weight_norm/net.a"] == 0.0
     assert math.isnan(metrics[4]["update_ratio/net.a"])
-    row = [r for r in read_csv(tmp_path / "grad_norms.csv")[1:] if r[0] == "4"][0]
+    row = next(r for r in read_csv(tmp_path / "grad_norms.csv")[1:] if r[0] == "4")
     assert (row[1], row[4], row[5]) == ("net.a", "0.0", "")
     updates = cb.state_dict()["optimizers"][""]["updates"]
     assert [sorted(u) for u in updates] == [LAYERS, LAYERS, LAYERS, [], ["net.b", "net.c"]]
