@@ -1450,6 +1450,7 @@ class Manual(L.LightningModule):
         super().__init__()
         self.automatic_optimization = False
         self.net = OutOfOrder()
+        self.returned: list[float] = []
 
     def training_step(self, batch, batch_idx):
         x, y = batch
@@ -1460,13 +1461,16 @@ class Manual(L.LightningModule):
             with torch.no_grad():
                 self.net.a.weight.zero_()
                 self.net.a.bias.zero_()
+        loss = None
         if step != 3:
             loss = F.cross_entropy(self.net(x), y)
             self.manual_backward(loss * (0.0 if step == 1 else 1.0))
+            self.returned.append(float(loss.detach()))
         if step == 2:
             self.net.c.weight.grad.zero_()
             self.net.c.bias.grad.zero_()
         opt.step()
+        return None if loss is None else loss.detach()  # a bare tensor, not a dict
 
     def configure_optimizers(self):
         return torch.optim.SGD(self.parameters(), lr=0.1)
@@ -1479,7 +1483,8 @@ def test_zero_and_missing_gradients_and_zero_weights(tmp_path, monkeypatch):
         grad_norm_module, "diagnose", lambda *a, **k: fed.append((a, k)) or real(*a, **k)
     )
     probe, cb = Probe(), GradientNormCallback(log_every_n_steps=1, warn=False)
-    _, log = fit([probe, cb], Manual(), steps=5, root=tmp_path)
+    module = Manual()
+    _, log = fit([probe, cb], module, steps=5, root=tmp_path)
     metrics = logged(log)
     assert list(metrics) == [0, 1, 2, 3, 4]
     # all gradients zero: norms and total 0, the ratio undefined
@@ -1503,9 +1508,10 @@ def test_zero_and_missing_gradients_and_zero_weights(tmp_path, monkeypatch):
     assert (row[1], row[4], row[5]) == ("net.a", "0.0", "")
     updates = cb.state_dict()["optimizers"][""]["updates"]
     assert [sorted(u) for u in updates] == [LAYERS, LAYERS, LAYERS, [], ["net.b", "net.c"]]
-    # manual optimization returns no loss: the verdict gets no loss trend
+    # the losses returned as bare tensors are the verdict's (step 3 returned none)
+    assert cb.losses == pytest.approx(module.returned) and len(cb.losses) == 4
     cb.summary()
-    assert "loss_start" not in fed[-1][1] and cb.losses == []
+    assert "loss_start" not in fed[-1][1]
 
 
 class Stalled(TwoNets):
@@ -1577,3 +1583,21 @@ def test_a_reused_callback_starts_each_fit_anew(tmp_path):
     assert (cb.nonfinite_layer, cb.stop_reason, cb.first_step, cb.last_step) == (None, None, 0, 1)
     assert len(cb.losses) == 2 and len(cb.ratios) == 2
     assert "optimizers" not in cb.summary() and cb.summary()["diagnosis"] != "non-finite"
+
+
+def test_two_optimizers_resume_their_own_records(tmp_path):
+    first = GradientNormCallback(log_every_n_steps=1, warn=False)
+    saver = SaveAt(tmp_path / "ckpt", 3)  # after 2 batches: each optimizer's steps 0 and 1
+    fit([first, saver], TwoNets(), steps=6, root=tmp_path / "a")
+    saved = first.state_dict()["optimizers"]
+    resumed = GradientNormCallback(log_every_n_steps=1, warn=False)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", ".*resuming from a checkpoint that ended before.*")
+        fit([resumed], TwoNets(), steps=8, root=tmp_path / "b", ckpt_path=tmp_path / "ckpt")
+    state = resumed.state_dict()["optimizers"]
+    assert state.keys() == {"gen", "disc"}
+    for name in ("gen", "disc"):
+        assert state[name]["first_step"] == saved[name]["first_step"]
+        assert state[name]["first_norms"] == saved[name]["first_norms"]
+        assert state[name]["ratios"][:2] == saved[name]["ratios"][:2]
+        assert len(state[name]["ratios"]) == 4 and state[name]["steps"] == 4
