@@ -36,6 +36,12 @@ HEADER = ["step", "layer", "depth", "grad_norm", "weight_norm", "update_ratio", 
 
 
 @pytest.fixture(autouse=True)
+def seeded():
+    """Every test builds its nets from the same random state, whatever ran before it."""
+    torch.manual_seed(0)
+
+
+@pytest.fixture(autouse=True)
 def figures(monkeypatch):
     """(csv path, png path) of every gradient-flow figure asked for; nothing is drawn."""
     calls: list[tuple[Path, Path]] = []
@@ -693,9 +699,10 @@ class TwoNets(L.LightningModule):
     """Manual optimization of two small nets; ``boost`` scales ``disc.0``'s gradient (its
     first/last ratio then is far above the band: exploding)."""
 
-    def __init__(self, boost: float = 1.0) -> None:
+    def __init__(self, boost: float = 1.0, disc_lr: float = 0.05) -> None:
         super().__init__()
         self.automatic_optimization = False
+        self.disc_lr = disc_lr
         self.gen = nn.Sequential(nn.Linear(FEATURES, 5), nn.Tanh(), nn.Linear(5, FEATURES))
         self.disc = nn.Sequential(nn.Linear(FEATURES, 5), nn.Tanh(), nn.Linear(5, 1))
         self.boost = boost
@@ -714,7 +721,7 @@ class TwoNets(L.LightningModule):
     def configure_optimizers(self):
         return (
             torch.optim.SGD(self.gen.parameters(), lr=0.05),
-            torch.optim.SGD(self.disc.parameters(), lr=0.05),
+            torch.optim.SGD(self.disc.parameters(), lr=self.disc_lr),
         )
 
 
@@ -722,7 +729,7 @@ def test_two_optimizers_log_their_own_steps_under_their_own_names(tmp_path):
     probe = Probe()
     cb = GradientNormCallback(log_every_n_steps=2)
     with pytest.warns(UserWarning) as record:
-        trainer, log = fit([probe, cb], TwoNets(boost=1e5), steps=10, root=tmp_path)
+        trainer, log = fit([probe, cb], TwoNets(boost=1e5, disc_lr=0.0), steps=10, root=tmp_path)
     assert trainer.global_step == 10  # 5 batches, two optimizer steps each
     parts = {0: ("gen", ["gen.0", "gen.2"]), 1: ("disc", ["disc.0", "disc.2"])}
     rows = read_csv(tmp_path / "grad_norms.csv")[1:]
