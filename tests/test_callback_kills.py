@@ -317,7 +317,7 @@ def test_one_optimizer_logs_writes_and_records_every_value(tmp_path, figures, mo
 
 
 def test_norm_types_three_and_inf_and_the_trainers_interval(tmp_path):
-    for p in (3.0, math.inf):
+    for p in (1, 0.5, 3.0, math.inf):
         probe, cb = Probe(), GradientNormCallback(norm_type=p)
         _, log = fit([probe, cb], steps=4, root=tmp_path / str(p), log_every_n_steps=3)
         metrics = logged(log)
@@ -1608,3 +1608,143 @@ def test_two_optimizers_resume_their_own_records(tmp_path):
         assert state[name]["first_norms"] == saved[name]["first_norms"]
         assert state[name]["ratios"][:2] == saved[name]["ratios"][:2]
         assert len(state[name]["ratios"]) == 4 and state[name]["steps"] == 4
+
+
+def test_a_norm_that_overflows_in_every_layer_is_exact(tmp_path):
+    class AllHuge(Net):
+        def on_after_backward(self):
+            if self.trainer.global_step == 1:
+                for layer in (self.net.a, self.net.b, self.net.c):
+                    layer.weight.grad[0, :2] = 1e30
+
+    probe, cb = Probe(), GradientNormCallback(log_every_n_steps=1)
+    _, log = fit([probe, cb], AllHuge(), steps=2, root=tmp_path)
+    grads = probe.steps[1]["grads"]
+    assert cb.nonfinite_layer is None
+    for layer in LAYERS:
+        want = pnorm(of_layer(grads, layer))
+        assert logged(log)[1][f"grad_norm/{layer}"] == pytest.approx(want, rel=1e-6)
+
+
+def test_no_gradient_and_no_weight_statistics(tmp_path):
+    cb = GradientNormCallback(log_every_n_steps=1, weight_stats=False, warn=False)
+    _, log = fit([cb], Manual(), steps=4, root=tmp_path)
+    metrics = logged(log)[3]  # no backward at step 3
+    assert set(metrics) == {"grad_norm/total", "grad_norm/first_last_ratio"}
+    assert math.isnan(metrics["grad_norm/total"])
+    assert [r[3:6] for r in read_csv(tmp_path / "grad_norms.csv")[1:] if r[0] == "3"] == [
+        ["", "", ""]
+    ] * 3
+
+
+class Boom(Net):
+    """Raises in the training step of ``step`` (or in configure_optimizers: step -1)."""
+
+    def __init__(self, step: int) -> None:
+        super().__init__()
+        self.step = step
+
+    def training_step(self, batch, batch_idx):
+        if self.trainer.global_step == self.step:
+            raise RuntimeError("boom")
+        return super().training_step(batch, batch_idx)
+
+    def configure_optimizers(self):
+        if self.step < 0:
+            raise RuntimeError("boom")
+        return super().configure_optimizers()
+
+
+def test_a_failed_fit_leaves_no_hooks_and_its_rows_on_disk(tmp_path, figures):
+    for step in (0, 2, -1):
+        cb = GradientNormCallback(log_every_n_steps=1)
+        module = Boom(step)
+        with pytest.raises(RuntimeError, match="boom"):
+            fit([cb], module, steps=5, root=tmp_path / str(step))
+        for m in module.modules():
+            assert not m._forward_pre_hooks and not m._forward_hooks
+        for param in module.parameters():
+            assert not getattr(param, "_post_accumulate_grad_hooks", None)
+        path = tmp_path / str(step) / "grad_norms.csv"
+        if step == 2:  # the rows of steps 0 and 1 reached the disk
+            assert [r[0] for r in read_csv(path)[1:]] == ["0"] * 3 + ["1"] * 3
+        else:
+            assert not path.exists()
+    assert figures == []
+
+
+def test_a_fit_without_steps_writes_and_draws_nothing(tmp_path, figures):
+    cb = GradientNormCallback(log_every_n_steps=1)
+    fit([cb], steps=0, root=tmp_path)
+    assert figures == [] and not (tmp_path / "grad_norms.csv").exists()
+    assert cb.summary()["initial_first_last_ratio"] is None
+
+
+def test_other_ranks_keep_the_record_and_write_nothing(tmp_path, figures, monkeypatch):
+    monkeypatch.setattr(L.Trainer, "is_global_zero", property(lambda self: False))
+    probe, cb = Probe(), GradientNormCallback(log_every_n_steps=1)
+    acts = ActivationStatsCallback(log_every_n_steps=1)
+    _, log = fit([probe, cb, acts], Net(Activations()), steps=2, root=tmp_path)
+    assert log.rows == [] and figures == [] and not (tmp_path / "grad_norms.csv").exists()
+    assert acts.last_metrics == {} and acts.signals()["dead"] == pytest.approx([1 / 3, 0.5, 0.0])
+    grads = probe.steps[1]["grads"]
+    ratio = pnorm(of_layer(grads, "net.linear")) / pnorm(of_layer(grads, "net.linear"))
+    assert cb.ratios == pytest.approx([ratio, ratio]) and cb.last_step == 1
+
+
+def test_depth_order_of_a_never_run_layer_after_a_detached_one_and_a_detached_input_layer():
+    class Between(nn.Module):
+        """g1 -> d (detached) -> g2; ``n`` never runs, registered right after ``d``."""
+
+        def __init__(self, bias: bool) -> None:
+            super().__init__()
+            for name in ("g1", "d", "n", "g2"):
+                self.add_module(name, nn.Linear(3, 3, bias=bias))
+
+        def forward(self, x):
+            h = torch.tanh(self.g1(x))
+            return self.g2(h + self.d(h).detach())
+
+    x = torch.randn(2, 3)
+    model = Between(bias=False)
+    assert ordered(model, [lambda: model(x).sum().backward()]) == ["g1", "d", "n", "g2"]
+
+    class DetachedFirst(nn.Module):
+        """``lead`` runs first, detached, before two layers of two parameters each; ``n``
+        (never run) is registered right after it."""
+
+        def __init__(self) -> None:
+            super().__init__()
+            for name in ("lead", "n", "a", "b"):
+                self.add_module(name, nn.Linear(3, 3))
+
+        def forward(self, x):
+            return self.b(torch.tanh(self.a(x + self.lead(x).detach())))
+
+    model = DetachedFirst()
+    assert ordered(model, [lambda: model(x).sum().backward()]) == ["lead", "n", "a", "b"]
+
+
+def test_a_frozen_net_is_recorded_in_registration_order(tmp_path):
+    class Frozen(L.LightningModule):
+        """Manual optimization that steps an optimizer over frozen layers only."""
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.automatic_optimization = False
+            self.net = OutOfOrder().requires_grad_(False)
+
+        def training_step(self, batch, batch_idx):
+            self.optimizers().step()
+
+        def configure_optimizers(self):
+            return torch.optim.SGD(self.parameters(), lr=0.1)
+
+    module = Frozen()
+    cb = GradientNormCallback(log_every_n_steps=1)
+    _, log = fit([cb], module, steps=2, root=tmp_path)
+    rows = read_csv(tmp_path / "grad_norms.csv")[1:]
+    assert [r[1] for r in rows[:3]] == ["net.c", "net.a", "net.b"]  # nothing ran backward
+    for r in rows:
+        weight = pnorm([p for n, p in module.named_parameters() if n.startswith(r[1] + ".")])
+        assert (r[3], float(r[4]), r[5]) == ("", pytest.approx(weight), "")
