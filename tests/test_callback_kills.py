@@ -1742,7 +1742,7 @@ def test_a_frozen_net_is_recorded_in_registration_order(tmp_path):
 
     module = Frozen()
     cb = GradientNormCallback(log_every_n_steps=1)
-    _, log = fit([cb], module, steps=2, root=tmp_path)
+    fit([cb], module, steps=2, root=tmp_path)
     rows = read_csv(tmp_path / "grad_norms.csv")[1:]
     assert [r[1] for r in rows[:3]] == ["net.c", "net.a", "net.b"]  # nothing ran backward
     for r in rows:
