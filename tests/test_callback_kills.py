@@ -1598,9 +1598,14 @@ def test_two_optimizers_resume_their_own_records(tmp_path):
     fit([first, saver], TwoNets(), steps=6, root=tmp_path / "a")
     saved = first.state_dict()["optimizers"]
     resumed = GradientNormCallback(log_every_n_steps=1, warn=False)
+    batches = Probe()  # counts the batches the resumed fit starts
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", ".*resuming from a checkpoint that ended before.*")
-        fit([resumed], TwoNets(), steps=8, root=tmp_path / "b", ckpt_path=tmp_path / "ckpt")
+        fit(
+            [batches, resumed], TwoNets(), steps=8, root=tmp_path / "b", ckpt_path=tmp_path / "ckpt"
+        )
+    # two batches, each with both optimizers' steps: none cut short
+    assert [(r["step"], r["opt"]) for r in batches.steps] == [(4, 0), (5, 1), (6, 0), (7, 1)]
     state = resumed.state_dict()["optimizers"]
     assert state.keys() == {"gen", "disc"}
     for name in ("gen", "disc"):
