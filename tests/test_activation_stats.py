@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 from gradwatch.callbacks import ActivationStatsCallback
+from gradwatch.callbacks.activation_stats import MEASURE_AT_ONCE
 from gradwatch.data import DigitsDataModule
 from gradwatch.module import ClassifierModule
 from tests.memory_logger import MemoryLogger
@@ -72,9 +73,9 @@ def test_hooks_run_only_on_logging_steps_and_are_removed(tmp_path):
     calls = []
 
     class Counting(ActivationStatsCallback):
-        def _measure(self, module, out):
+        def _kind(self, module):  # asked once for every output a hook records
             calls.append(id(module))
-            return super()._measure(module, out)
+            return super()._kind(module)
 
     net, log = fit(tmp_path, Counting(log_every_n_steps=2), steps=5)
     assert sorted(log.values("activation/net.relu/dead")) == [0, 1, 3]  # Lightning's 2nd steps
@@ -112,3 +113,53 @@ def test_tanh_saturation_margin_scales_with_its_range(tmp_path):
     callback = ActivationStatsCallback(log_every_n_steps=1, saturation_margin=0.02)
     _, log = fit(tmp_path, callback, steps=1, net=Fixed())
     assert log.values("activation/net.tanh/saturation")[0] == pytest.approx(2 / 6)
+
+
+class Mixed(nn.Module):
+    """Activations of one shape (measured together), a ReLU called twice, a GELU output changed
+    in place after it ran, and a ReLU too large to be batched; keeps its step-0 outputs."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.inp = nn.Linear(64, 32)
+        self.sigmoid, self.relu, self.tanh = nn.Sigmoid(), nn.ReLU(), nn.Tanh()
+        self.gelu = nn.GELU()
+        self.wide = nn.Linear(32, 4096)  # batch x 4096 >= MEASURE_AT_ONCE for batches >= 64
+        self.big = nn.ReLU()
+        self.out = nn.Linear(5 * 32 + 4096, 10)
+        self.kept: dict[str, list[torch.Tensor]] | None = None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.inp(x.flatten(1))
+        a, b, c, d = self.sigmoid(h * 4), self.relu(h), self.tanh(h * 3), self.gelu(h)
+        b2 = self.relu(h - 0.5)
+        w = self.big(self.wide(a))
+        kept = {"sigmoid": [a], "relu": [b, b2], "tanh": [c], "gelu": [d], "big": [w]}
+        if self.kept is None:
+            self.kept = {k: [t.detach().clone() for t in v] for k, v in kept.items()}
+        d.mul_(3.0)  # in place, after the callback saw it: the stats keep the value it had
+        return self.out(torch.cat([a, b, c, d, b2, w], 1))
+
+
+def test_stats_match_each_output_as_it_was_when_the_module_ran(tmp_path):
+    net, log = fit(tmp_path, ActivationStatsCallback(log_every_n_steps=1), steps=1, net=Mixed())
+    assert net.kept["big"][0].numel() >= MEASURE_AT_ONCE
+    spans = {"sigmoid": (0.0, 1.0), "tanh": (-1.0, 1.0)}
+    for name, outputs in net.kept.items():
+        expected = {
+            "mean": [o.mean().item() for o in outputs],
+            "std": [o.std().item() for o in outputs],
+        }
+        if name in spans:
+            low, high = spans[name]
+            margin = 0.02 * (high - low)
+            expected["saturation"] = [
+                ((o < low + margin) | (o > high - margin)).float().mean().item() for o in outputs
+            ]
+        if name in ("relu", "big"):
+            expected["dead"] = [(o == 0).all(dim=0).float().mean().item() for o in outputs]
+        for stat, values in expected.items():
+            logged = log.values(f"activation/net.{name}/{stat}")
+            mean_of_calls = sum(values) / len(values)  # a module called twice: their mean
+            assert logged == {0: pytest.approx(mean_of_calls, rel=1e-5, abs=1e-7)}, (name, stat)
+    assert 0 < log.values("activation/net.relu/dead")[0] < 1

@@ -7,13 +7,15 @@ from __future__ import annotations
 
 import json
 import math
+import subprocess
 import textwrap
+from pathlib import Path
 
 import pytest
 
 import scripts.bench
 from scripts.bench import __main__ as harness
-from scripts.bench import sweep, training
+from scripts.bench import gpu, process, sweep, training
 from scripts.bench.core import with_ratios
 
 TINY_GROUP = textwrap.dedent(
@@ -120,3 +122,31 @@ def test_long_groups_run_only_when_named():
     assert "sweep" not in harness.parse_args([]).groups
     assert {"training", "callback_cost"} <= set(harness.parse_args([]).groups)
     assert harness.parse_args(["--groups", "sweep"]).groups == ["sweep"]
+
+
+def test_gpu_group_skips_without_cuda_and_its_rows_run_on_cpu(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(gpu.torch.cuda, "is_available", lambda: False)
+    assert gpu.run(repeats=1, quick=True) == []
+    assert "no CUDA device" in capsys.readouterr().err
+    # The same code on the CPU (the GPU run differs only in the device): every row measured.
+    rows = gpu.rows(repeats=1, quick=True, device="cpu", precisions=("bf16-mixed",))
+    names = {r.name: r for r in rows}
+    assert set(names) == {
+        "bf16-mixed residual: plain loop",
+        "bf16-mixed residual: gradwatch",
+        "bf16-mixed resnet18/none",
+        "bf16-mixed resnet18/gradwatch",
+        "bf16-mixed resnet18/gradwatch_grads_only",
+    }
+    assert all(r.value > 0 and math.isfinite(r.value) for r in rows)
+    assert names["bf16-mixed resnet18/gradwatch"].baseline == "bf16-mixed resnet18/none"
+
+
+def test_the_plain_torch_baseline_does_the_default_runs_work():
+    """The whole-process baseline trains, validates (20 epochs) and tests, as the default run
+    (whose 10-layer sigmoid net stays near chance on digits: the article's point)."""
+    command = process.commands(Path("unused"))["plain torch script"]
+    out = subprocess.run(command, capture_output=True, text=True, check=True, cwd=process.HERE)
+    epochs = [ln for ln in out.stdout.splitlines() if ln.startswith("epoch")]
+    assert len(epochs) == 20
+    assert 0 <= float(out.stdout.split("test acc")[-1]) <= 1

@@ -78,3 +78,26 @@ def test_the_per_layer_chart_matches_layers_not_aggregates(tag, is_layer):
     from gradwatch.loggers.tensorboard_plugins import per_layer
 
     assert bool(re.match(per_layer("grad_norm"), tag)) is is_layer
+
+
+def test_save_flushes_at_most_every_few_seconds_and_finalize_always(tmp_path, monkeypatch):
+    """Lightning calls save() on every logging step; a flush each time costs file-system
+    round trips, so flushes are spaced by flush_every_s, and nothing is lost at the end."""
+    logger = BatchedTensorBoardLogger(str(tmp_path), name="tb", version="")
+    flushes = []
+    writer = logger.experiment
+    real_flush = writer.flush
+    monkeypatch.setattr(writer, "flush", lambda: flushes.append(1) or real_flush())
+    now = [100.0]
+    monkeypatch.setattr("gradwatch.loggers.tensorboard.time.monotonic", lambda: now[0])
+    for step in range(10):
+        logger.log_metrics({"grad_norm/a": float(step + 1)}, step=step)
+        logger.save()
+        now[0] += 1.0  # a logging step a second: 10 s in all
+    assert len(flushes) == 2  # at 100 s and 105 s, with flush_every_s = 5
+    assert (tmp_path / "tb" / "hparams.yaml").exists()  # the first save writes it
+    logger.finalize("success")
+    assert len(flushes) >= 3
+    events = EventAccumulator(str(tmp_path / "tb"))
+    events.Reload()
+    assert [e.value for e in events.Scalars("grad_norm/a")] == [float(s + 1) for s in range(10)]

@@ -37,9 +37,13 @@ def measure(net: nn.Module, x: torch.Tensor, y: torch.Tensor, steps: int) -> dic
 
 
 def _measure(net: nn.Module, x: torch.Tensor, y: torch.Tensor, steps: int) -> dict:
-    outputs: list[torch.Tensor] = []
+    outputs: dict[nn.Module, torch.Tensor] = {}  # each ReLU's output at step 0, in call order
     relus = [m for m in net.modules() if isinstance(m, nn.ReLU)]
-    hooks = [m.register_forward_hook(lambda m, i, o: outputs.append(o.detach())) for m in relus]
+
+    def keep(module: nn.Module, inputs: tuple, output: torch.Tensor) -> None:
+        outputs.setdefault(module, output.detach())
+
+    hooks = [m.register_forward_hook(keep) for m in relus]
     linears = [m for m in net.modules() if isinstance(m, nn.Linear)]
     opt = torch.optim.Adam(net.parameters(), lr=1e-3)
     losses, ratio = [], math.nan
@@ -56,8 +60,9 @@ def _measure(net: nn.Module, x: torch.Tensor, y: torch.Tensor, steps: int) -> di
             ratio = (grad(first) / grad(last)).item()
         opt.step()
         losses.append(loss.item())
-    dead = [(out == 0).all(dim=0).float().mean().item() for out in outputs]
-    return {"ratio": ratio, "dead": dead, "losses": losses}
+    dead = [(out == 0).all(dim=0).float().mean().item() for out in outputs.values()]
+    stds = [out.std().item() for out in outputs.values()]
+    return {"ratio": ratio, "dead": dead, "stds": stds, "losses": losses}
 
 
 def judge(m: dict):
@@ -66,6 +71,7 @@ def judge(m: dict):
     return diagnose(
         [m["ratio"]],
         dead=m["dead"],
+        activation_std=m["stds"],
         loss_start=losses[0],
         loss_end=sum(losses[-5:]) / 5,
         chance_loss=math.log(10),
@@ -94,6 +100,29 @@ def test_a_deep_rezero_net_that_learns_is_healthy(digits):
     assert sum(losses[-5:]) / 5 < 0.5 * losses[0]  # it learns
     result = judge(m)
     assert result.verdict == "healthy", result
+
+
+def test_a_deep_fixup_net_that_learns_is_healthy(digits):
+    """Fixup scales every branch's first layer by depth**-0.5, so the branches' ReLUs are far
+    quieter than the stem's at init; that is the design, not a signal dying with depth."""
+    torch.manual_seed(0)
+    net = MLP(64, 10, depth=300, width=32, activation="relu", init="kaiming_normal",
+              residual=True, branch_init="fixup")  # fmt: skip
+    m = measure(net, *digits, steps=25)
+    assert m["stds"][-1] < 0.1 * m["stds"][0]  # the last ReLU: a tenth of the first's
+    losses = m["losses"]
+    assert sum(losses[-5:]) / 5 < 0.5 * losses[0]  # yet it learns
+    result = judge(m)
+    assert result.verdict == "healthy", result
+
+
+def test_activations_that_shrink_layer_after_layer_are_stalled():
+    stds = [0.8 * 0.8**i for i in range(20)]  # x0.8 a layer: x0.02 over the last 5 vs first 5
+    result = diagnose([1.0], activation_std=stds)
+    assert (result.verdict, result.stalled) == ("vanishing", True)
+    assert "over the first 5 activation layers" in result.reasons[0]
+    quiet_after_the_stem = [0.8] + [0.07] * 19  # one loud first layer: no trend
+    assert diagnose([1.0], activation_std=quiet_after_the_stem).verdict == "healthy"
 
 
 def test_a_flat_loss_at_chance_is_stalled_whatever_the_ratio():

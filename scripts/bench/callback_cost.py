@@ -30,6 +30,7 @@ from gradwatch.callbacks import GradientNormCallback
 from gradwatch.loggers.tensorboard import BatchedTensorBoardLogger
 from scripts.bench.core import Row, quiet, with_ratios
 from scripts.bench.grad_norm import LightningGradNorm
+from scripts.bench.training import synchronize
 
 GROUP = "callback_cost"
 
@@ -53,19 +54,24 @@ class StepTimes(L.Callback):
     def __init__(self) -> None:
         self.times: dict[int, float] = {}
 
-    def on_train_batch_start(self, trainer, *args) -> None:
+    def on_train_batch_start(self, trainer, pl_module, *args) -> None:
+        synchronize(str(pl_module.device))
         self.start = time.perf_counter()
 
-    def on_train_batch_end(self, trainer, *args) -> None:
+    def on_train_batch_end(self, trainer, pl_module, *args) -> None:
+        synchronize(str(pl_module.device))  # a GPU's queued work counts in its step
         self.times[trainer.global_step - 1] = time.perf_counter() - self.start
 
 
-def _fit(module, data, root, callbacks, steps, logger=None, every=1) -> StepTimes:
+def _fit(
+    module, data, root, callbacks, steps, logger=None, every=1, accelerator="cpu", precision=None
+) -> StepTimes:
     timer = StepTimes()
     trainer = L.Trainer(
         max_steps=steps,
-        accelerator="cpu",
+        accelerator=accelerator,
         devices=1,
+        precision=precision,
         logger=logger if logger is not None else BatchedTensorBoardLogger(root),
         log_every_n_steps=every,
         callbacks=[*callbacks, timer],
@@ -79,7 +85,7 @@ def _fit(module, data, root, callbacks, steps, logger=None, every=1) -> StepTime
 
 
 def deep520(repeats: int, quick: bool) -> list[Row]:
-    steps, skip = (60 if quick else 200), 5
+    steps, skip = (60 if quick else 120), 5
     logging, plain, sizes = [], [], []
     for seed in range(max(1, repeats)):
         torch.manual_seed(seed)
@@ -118,7 +124,9 @@ RESNET_VARIANTS = {  # name -> baseline
 }
 
 
-def _resnet_rate(variant: str, steps: int, root: str) -> float:
+def resnet_rate(
+    variant: str, steps: int, root: str, accelerator: str = "cpu", precision: str | None = None
+) -> float:
     from torchvision.models import resnet18
 
     torch.manual_seed(0)
@@ -143,7 +151,7 @@ def _resnet_rate(variant: str, steps: int, root: str) -> float:
         logger = WandbLogger(project="gradwatch-bench", save_dir=root, mode="offline")
         logger.watch(module, log="gradients", log_freq=1, log_graph=False)
     try:
-        timer = _fit(module, data, root, callbacks, steps, logger=logger)
+        timer = _fit(module, data, root, callbacks, steps, logger, 1, accelerator, precision)
     finally:
         if variant == "wandb_watch":
             import wandb
@@ -156,13 +164,13 @@ def _resnet_rate(variant: str, steps: int, root: str) -> float:
 def resnet18(repeats: int, quick: bool) -> list[Row]:
     os.environ.setdefault("WANDB_MODE", "offline")
     os.environ.setdefault("WANDB_SILENT", "true")
-    steps = 12 if quick else 30
+    steps = 12 if quick else 20
     rates: dict[str, list[float]] = {v: [] for v in RESNET_VARIANTS}
     with tempfile.TemporaryDirectory() as root:
-        _resnet_rate("none", steps, root)  # warm-up: one-off costs (allocator, kernels)
+        resnet_rate("none", steps, root)  # warm-up: one-off costs (allocator, kernels)
         for _ in range(max(1, repeats)):
             for variant in RESNET_VARIANTS:
-                rates[variant].append(_resnet_rate(variant, steps, root))
+                rates[variant].append(resnet_rate(variant, steps, root))
     return [
         Row(
             GROUP,

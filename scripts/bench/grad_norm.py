@@ -180,7 +180,7 @@ def run(repeats: int = 3, quick: bool = False) -> list[Row]:
     os.environ.setdefault("WANDB_MODE", "offline")
     os.environ.setdefault("WANDB_SILENT", "true")
     torch.set_flush_denormal(True)  # sigmoid nets make subnormals, which are slow on CPU
-    steps = {"sigmoid_mlp": 60 if quick else 200, "residual_mlp": 15 if quick else 50}
+    steps = {"sigmoid_mlp": 60 if quick else 100, "residual_mlp": 15 if quick else 30}
     rows = []
     with tempfile.TemporaryDirectory() as root, quiet():
         for net_name, n in steps.items():

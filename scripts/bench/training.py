@@ -1,7 +1,10 @@
 """Training throughput: our full stack against the article's hand-written PyTorch loop.
 
-For the article's 10-layer sigmoid MLP and its 20-block residual MLP, on the digits data
-with the same network (same config, same seed), batch and Adam(lr=1e-3):
+Workloads (``WORKLOADS``): the ``make train`` run (the article's 10-layer sigmoid MLP on
+digits, 10-step epochs, all 20 epochs: one warm-up and 19 timed, as the run does them), the
+20-block residual MLP on digits, and the sigmoid MLP on MNIST-shaped data (60,000 random
+28x28 images in MNIST's own file format, 469-step epochs). Same network, seed, batch (128)
+and Adam(lr=1e-3) on both sides:
 
 - ``plain loop``: the article's loop over ``DataLoader(TensorDataset(x, y), shuffle=True)``
   (zero_grad, forward, cross-entropy, backward, step); the baseline of every row;
@@ -43,6 +46,7 @@ from torch.utils.data import DataLoader, TensorDataset
 import gradwatch
 from gradwatch.train import build_model, build_trainer
 from scripts.bench.core import Row, quiet
+from tests.fake_vision import write_mnist  # MNIST's own IDX files, random pixels
 
 GROUP = "training"
 CONFIG_DIR = Path(gradwatch.__file__).resolve().parents[2] / "configs"
@@ -53,8 +57,20 @@ CLOCKS = {"wall": time.perf_counter, "cpu": time.process_time}
 NO_CHECKPOINT = ("~callbacks.model_checkpoint", "++trainer.enable_checkpointing=false")
 #: The Trainer with nothing of ours but the module and data: Lightning's own per-step cost.
 BARE = ("callbacks=none", "logger=none", "++trainer.enable_checkpointing=false")
-#: network -> (warm-up epochs, timed epochs, timed epochs when quick); digits: 10 steps/epoch
-EPOCHS = {"sigmoid": (1, 8, 2), "residual": (1, 2, 1)}
+#: workload -> (experiment, overrides, (warm-up, timed, timed when quick) epochs, variants);
+#: ``None``: every variant of :func:`network_rows`. Digits: 10 steps an epoch.
+WORKLOADS = {
+    "sigmoid": ("sigmoid", (), (1, 19, 2), None),
+    "residual": ("residual", (), (1, 2, 1), None),
+    "sigmoid, MNIST-shaped": (
+        "sigmoid",
+        ("data=mnist", "data.download=false"),  # data.data_dir: the files written by the group
+        (1, 2, 1),
+        ("plain loop", "plain loop + fused Adam", "gradwatch", "Lightning alone"),
+    ),
+}
+#: 66,667 images, of which MNIST's 10% validation split leaves 60,000: 469 batches of 128.
+MNIST_IMAGES = 66_667
 
 
 def clock() -> float:
@@ -91,10 +107,12 @@ class EpochClock(L.Callback):
 
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if trainer.current_epoch == self.warmup_epochs:
+            synchronize(str(pl_module.device))
             self.start, self.start_step = clock(), trainer.global_step
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         assert self.start is not None, "no timed epoch ran"
+        synchronize(str(pl_module.device))
         steps = trainer.global_step - self.start_step
         self.steps_per_s = steps / (clock() - self.start)
 
@@ -121,8 +139,12 @@ def plain_loop_steps_per_s(
     item_norms: bool = False,
     compiled: bool = False,
     fused: bool = False,
+    device: str = "cpu",
+    amp: torch.dtype | None = None,
 ) -> float:
-    """The article's training loop on the same network, data and batch size."""
+    """The article's training loop on the same network, data and batch size; on ``device``
+    with the data held there, and under ``torch.autocast(amp)`` (float16 with a GradScaler,
+    as Lightning's 16-mixed) when ``amp`` is given."""
     torch.manual_seed(cfg.seed)
     datamodule = instantiate(cfg.data)
     datamodule.setup("fit")
@@ -130,28 +152,47 @@ def plain_loop_steps_per_s(
     # Datamodules that normalize each batch on the fly (normalize_batch): give the plain loop
     # the same inputs, normalized once up front as a hand-written loop would hold them.
     if callable(normalize := getattr(datamodule, "normalize_batch", None)):
-        x = normalize(x)
-    loader = DataLoader(TensorDataset(x, y), batch_size=cfg.data.batch_size, shuffle=True)
+        x = normalize(x.to(device))
+    dataset = TensorDataset(x.to(device), y.to(device))
+    loader = DataLoader(dataset, batch_size=cfg.data.batch_size, shuffle=True)
     model = instantiate(
         cfg.model.net, input_shape=datamodule.input_shape, num_classes=datamodule.num_classes
-    )
+    ).to(device)
     forward = torch.compile(model) if compiled else model
     criterion = nn.CrossEntropyLoss()
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.model.optimizer.lr, fused=fused)
+    scaler = torch.amp.GradScaler(device, enabled=amp == torch.float16)
     norms: list[float] = []
     steps, start = 0, 0.0
     for epoch in range(warmup + epochs):
         if epoch == warmup:
+            synchronize(device)
             steps, start = 0, clock()
         for data, target in loader:
             optimizer.zero_grad()
-            loss = criterion(forward(data), target)
-            loss.backward()
+            if amp is None:  # the article's loop, as it is written
+                loss = criterion(forward(data), target)
+                loss.backward()
+            else:
+                with torch.autocast(device, dtype=amp):
+                    loss = criterion(forward(data), target)
+                scaler.scale(loss).backward()
             if item_norms:
                 norms += [p.grad.norm().item() for p in model.parameters() if p.grad is not None]
-            optimizer.step()
+            if amp is None:
+                optimizer.step()
+            else:
+                scaler.step(optimizer)
+                scaler.update()
             steps += 1
+    synchronize(device)
     return steps / (clock() - start)
+
+
+def synchronize(device: str) -> None:
+    """Wait for queued GPU work, so the clock measures it."""
+    if device.startswith("cuda"):
+        torch.cuda.synchronize(device)
 
 
 def compile_works() -> str | None:
@@ -178,14 +219,15 @@ def interleaved_medians(variants: dict[str, Callable[[], float]], repeats: int) 
     return {name: statistics.median(values) for name, values in results.items()}
 
 
-def network_rows(experiment: str, repeats: int, quick: bool, log_dir: str) -> list[Row]:
-    warmup, epochs, quick_epochs = EPOCHS[experiment]
+def network_rows(workload: str, repeats: int, quick: bool, log_dir: str) -> list[Row]:
+    experiment, extra, (warmup, epochs, quick_epochs), only = WORKLOADS[workload]
     epochs = quick_epochs if quick else epochs
-    cfg = compose_config(experiment, log_dir)
-    every_step = compose_config(experiment, log_dir, "callbacks.grad_norm.log_every_n_steps=1")
+    extra = (*extra, f"paths.data_dir={log_dir}/data")
+    cfg = compose_config(experiment, log_dir, *extra)
+    every = compose_config(experiment, log_dir, *extra, "callbacks.grad_norm.log_every_n_steps=1")
     # Where the stack's time goes: without the per-epoch checkpoint, and Lightning alone.
-    no_checkpoint = compose_config(experiment, log_dir, *NO_CHECKPOINT)
-    bare = compose_config(experiment, log_dir, *BARE)
+    no_checkpoint = compose_config(experiment, log_dir, *extra, *NO_CHECKPOINT)
+    bare = compose_config(experiment, log_dir, *extra, *BARE)
     variants: dict[str, Callable[[], float]] = {
         "plain loop": lambda: plain_loop_steps_per_s(cfg, warmup, epochs),
         "plain loop + .item() norms": lambda: plain_loop_steps_per_s(
@@ -193,7 +235,7 @@ def network_rows(experiment: str, repeats: int, quick: bool, log_dir: str) -> li
         ),
         "plain loop + fused Adam": lambda: plain_loop_steps_per_s(cfg, warmup, epochs, fused=True),
         "gradwatch": lambda: stack_steps_per_s(cfg, warmup, epochs),
-        "gradwatch, grad norms every step": lambda: stack_steps_per_s(every_step, warmup, epochs),
+        "gradwatch, grad norms every step": lambda: stack_steps_per_s(every, warmup, epochs),
         "gradwatch, no checkpoint": lambda: stack_steps_per_s(no_checkpoint, warmup, epochs),
         "Lightning alone": lambda: stack_steps_per_s(bare, warmup, epochs),
     }
@@ -203,19 +245,20 @@ def network_rows(experiment: str, repeats: int, quick: bool, log_dir: str) -> li
         "gradwatch, no checkpoint": "default callbacks minus ModelCheckpoint",
         "Lightning alone": "no callbacks, logger or checkpoint",
     }
+    variants = {k: v for k, v in variants.items() if only is None or k in only}
     compile_note = None
-    if experiment == "residual" and not quick:
+    if workload == "residual" and not quick:
         compile_note = compile_works()
         if compile_note is None:
             variants["plain loop, torch.compile"] = lambda: plain_loop_steps_per_s(
                 cfg, warmup, epochs, compiled=True
             )
     medians = interleaved_medians(variants, repeats)
-    baseline = f"{experiment}: plain loop"
+    baseline = f"{workload}: plain loop"
     rows = [
         Row(
             GROUP,
-            f"{experiment}: {name}",
+            f"{workload}: {name}",
             value,
             "steps/s",
             baseline=None if name == "plain loop" else baseline,
@@ -226,9 +269,7 @@ def network_rows(experiment: str, repeats: int, quick: bool, log_dir: str) -> li
     ]
     if compile_note:
         rows.append(
-            Row(
-                GROUP, f"{experiment}: plain loop, torch.compile", 0.0, "steps/s", note=compile_note
-            )
+            Row(GROUP, f"{workload}: plain loop, torch.compile", 0.0, "steps/s", note=compile_note)
         )
     return rows
 
@@ -239,8 +280,7 @@ def flush_denormal_rows(repeats: int, quick: bool, log_dir: str) -> list[Row]:
     The 10-layer net makes no subnormal floats on digits; at depth 20 the input-side
     gradients are ~1e-19, so Adam's squared-gradient average falls below 1.2e-38.
     """
-    warmup, epochs, quick_epochs = EPOCHS["sigmoid"]
-    epochs = quick_epochs if quick else epochs
+    warmup, epochs = 1, 2 if quick else 8
     name = "sigmoid depth 20: gradwatch"
     deep = ("model.net.depth=20",)
     cfgs = {
@@ -256,9 +296,8 @@ def flush_denormal_rows(repeats: int, quick: bool, log_dir: str) -> list[Row]:
 
 def run(repeats: int, quick: bool) -> list[Row]:
     with tempfile.TemporaryDirectory(prefix="gradwatch-bench-") as log_dir, quiet():
+        write_mnist(Path(log_dir, "data"), n_train=MNIST_IMAGES, n_test=10_000)
         rows = [
-            row
-            for experiment in EPOCHS
-            for row in network_rows(experiment, repeats, quick, log_dir)
+            row for workload in WORKLOADS for row in network_rows(workload, repeats, quick, log_dir)
         ]
         return rows + flush_denormal_rows(repeats, quick, log_dir)

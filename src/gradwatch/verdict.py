@@ -51,8 +51,9 @@ Signals (all optional, keyword-only; a signal that is ``None`` or empty is not j
 ``activation_std``
     Per activation layer, input side first, at the first logged step (initialization): the
     standard deviation of the layer's output (``activation/<layer>/std``). The trend is
-    the last layer's over the first layer's: *shrinking* below :data:`STD_SHRINK`,
-    *growing* above :data:`STD_GROWTH`.
+    the median over the last quarter of the layers over the median over the first quarter
+    (the last layer's over the first's, up to 4 layers): *shrinking* below
+    :data:`STD_SHRINK`, *growing* above :data:`STD_GROWTH`.
 ``batchnorm``
     The network has batch normalization layers (the advice then explains BatchNorm's
     explosion in plain deep networks).
@@ -84,7 +85,7 @@ STARVED_UPDATE = 1e-2
 DEAD_SHARE = 0.25
 #: Mean share of saturated sigmoid/tanh outputs at or above this.
 SATURATED_SHARE = 0.25
-#: Last activation layer's std over the first's, at init: outside [STD_SHRINK, STD_GROWTH].
+#: The activations' std trend with depth at init (see ``activation_std``) outside these.
 STD_SHRINK = 0.1
 STD_GROWTH = 10.0
 
@@ -206,17 +207,24 @@ def _stall_reasons(
                 f"{updates[0] / median:.1e} of the median layer's ({median:.1e})"
             )
     stds = [s for s in activation_std or () if s is not None and math.isfinite(s)]
-    if len(stds) >= 2 and stds[0] > 0:
-        trend = stds[-1] / stds[0]
+    # The trend compares the medians of the first and last quarter of the layers, so one
+    # odd layer does not make it: a stem in front of Fixup's down-scaled branches is not a
+    # signal that shrinks on its way to the classifier.
+    k = math.ceil(len(stds) / 4)
+    head, tail = (statistics.median(stds[:k]), statistics.median(stds[-k:])) if stds else (0, 0)
+    if len(stds) >= 2 and head > 0:
+        trend = tail / head
+        ends = (
+            f"std {head:.2g} at the first activation, {tail:.2g} at the last (x{trend:.2g})"
+            if k == 1
+            else f"std {head:.2g} over the first {k} activation layers (median), {tail:.2g} "
+            f"over the last {k} (x{trend:.2g})"
+        )
         if trend > STD_GROWTH:
-            exploding.append(
-                f"activations grow with depth: std {stds[0]:.2g} at the first activation, "
-                f"{stds[-1]:.2g} at the last (x{trend:.2g})"
-            )
+            exploding.append(f"activations grow with depth: {ends}")
         elif trend < STD_SHRINK:
             stalled.append(
-                f"activations shrink with depth: std {stds[0]:.2g} at the first activation, "
-                f"{stds[-1]:.2g} at the last (x{trend:.2g}), so little of the input reaches "
+                f"activations shrink with depth: {ends}, so little of the input reaches "
                 "the classifier"
             )
     collapse = (

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import math
 import os
+import time
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -51,6 +52,9 @@ class BatchedTensorBoardLogger(TensorBoardLogger):
     - The CUSTOM SCALARS page gets a layout (``tensorboard_plugins.layout``): every layer's
       gradient norm in one chart, update ratios, weight norms, activation saturation,
       total norm and first/last ratio.
+    - Lightning asks for ``save()`` (a flush of the event file, a look for hparams.yaml) on
+      every logging step; here at most every :attr:`flush_every_s` seconds, and always at
+      the end (``finalize``), so a short logging interval costs no file-system round trips.
     - ``log_hyperparams`` writes an HPARAMS session with the config keys ``hparams``
       (default :data:`gradwatch.loggers.hparams.HPARAMS`) and the metric columns
       :data:`~gradwatch.loggers.hparams.HPARAMS_METRICS`; no placeholder metric is logged.
@@ -60,6 +64,10 @@ class BatchedTensorBoardLogger(TensorBoardLogger):
 
         logger = BatchedTensorBoardLogger("logs/run", name="tensorboard", run_name="relu")
     """
+
+    #: Seconds between flushes on Lightning's ``save()``: what TensorBoard shows of a live
+    #: run lags by at most this (it reloads every 5 s itself).
+    flush_every_s = 5.0
 
     def __init__(
         self,
@@ -80,6 +88,7 @@ class BatchedTensorBoardLogger(TensorBoardLogger):
         self._log10_parts = tuple(f"{kind}/" for kind in self.log10)
         self.hparams_keys = tuple(HPARAMS if hparams is None else hparams)
         self._session_started = self._session_ended = False
+        self._saved_at: float | None = None
 
     @property
     def experiment(self):
@@ -99,6 +108,13 @@ class BatchedTensorBoardLogger(TensorBoardLogger):
             if at >= 0:
                 return f"{tag[: at + 1]}{LOG10}{tag[at + 1 :]}"
         return None
+
+    @rank_zero_only
+    def save(self) -> None:
+        now = time.monotonic()
+        if self._saved_at is None or now - self._saved_at >= self.flush_every_s:
+            self._saved_at = now
+            super().save()
 
     @rank_zero_only
     def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
@@ -151,4 +167,5 @@ class BatchedTensorBoardLogger(TensorBoardLogger):
 
             self.experiment._get_file_writer().add_summary(session_end_summary(True))
             self._session_ended = True
+        self._saved_at = None  # the last save is never skipped
         super().finalize(status)
