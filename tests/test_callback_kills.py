@@ -931,8 +931,10 @@ def test_activation_statistics_of_every_kind(tmp_path):
 def test_statistics_stay_on_the_outputs_device():
     cb = ActivationStatsCallback()
     for module in (nn.Sigmoid(), nn.ReLU(), nn.GELU()):
-        out = cb._measure(module, torch.zeros(4, 3, device="meta"))
-        assert out.device.type == "meta" and out.shape == (4,)
+        cb._stats = {}
+        cb._measure(cb._kind(module), [("m", torch.zeros(4, 3, device="meta"))])
+        (row,) = cb._stats["m"]
+        assert row.device.type == "meta" and row.shape == (4,)
 
 
 def test_activations_of_the_first_micro_batch_once_per_step_and_each_fit_anew(tmp_path):
