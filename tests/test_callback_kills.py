@@ -1758,3 +1758,58 @@ def test_a_frozen_net_is_recorded_in_registration_order(tmp_path):
     for r in rows:
         weight = pnorm([p for n, p in module.named_parameters() if n.startswith(r[1] + ".")])
         assert (r[3], float(r[4]), r[5]) == ("", pytest.approx(weight), "")
+
+
+def test_small_outputs_are_kept_within_the_pending_bound_and_large_ones_measured_at_once(
+    tmp_path, monkeypatch
+):
+    import gradwatch.callbacks.activation_stats as act
+
+    monkeypatch.setattr(act, "PENDING_NUMEL", 10)
+    monkeypatch.setattr(act, "MEASURE_AT_ONCE", 8)
+    sizes = {"r5": 5, "s5": 5, "r4": 4, "big": 8, "r3": 3}  # the order they run in
+
+    class Rectifiers(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.linear = nn.Linear(FEATURES, CLASSES)
+            for name in sizes:
+                self.add_module(name, nn.ReLU())
+
+        def forward(self, x):
+            extra = sum(
+                getattr(self, name)(torch.arange(n, dtype=torch.float32) - 1).sum()
+                for name, n in sizes.items()
+            )
+            return self.linear(x) + 0 * extra
+
+    seen = []
+
+    class Checked(ActivationStatsCallback):
+        def _hook(self, name):
+            record = super()._hook(name)
+
+            def check(module, args, output):
+                record(module, args, output)
+                kept = sum(out.numel() for _, _, out in self._pending)
+                seen.append((name, self._pending_numel, kept, [n for n, _, _ in self._pending]))
+
+            return check
+
+    cb = Checked(log_every_n_steps=1)
+    _, log = fit([cb], Net(Rectifiers()), steps=2, root=tmp_path)
+    # 5, then 10 (= the bound: measured), 4, the large one measured at once, 7
+    assert [(n, count) for n, count, _, _ in seen[:5]] == [
+        ("net.r5", 5),
+        ("net.s5", 0),
+        ("net.r4", 4),
+        ("net.big", 4),
+        ("net.r3", 7),
+    ]
+    assert seen[5:] == seen[:5]  # the next logging step starts from nothing again
+    assert all(count == kept for _, count, kept, _ in seen)
+    assert all("net.big" not in names for _, _, _, names in seen)
+    for name, n in sizes.items():  # the values do not depend on when they were measured
+        out = (torch.arange(n, dtype=torch.float64) - 1).clamp(min=0)
+        assert log.values(f"activation/net.{name}/mean")[1] == pytest.approx(float(out.mean()))
+        assert log.values(f"activation/net.{name}/dead")[1] == pytest.approx(2 / n)
