@@ -80,7 +80,7 @@ test: $(STAMP) ## run the test suite (offline, CPU); installs chromium for the b
 # it covers (scripts/mutation.py lists them with their tests). MUTATION_ARGS="verdict --again" etc.
 .PHONY: mutation
 MUTATION_ARGS ?=
-mutation: $(STAMP) ## mutation testing (mutmut, 1 worker): score per module, survivors (long: see README)
+mutation: $(STAMP) ## mutation testing (mutmut, 2 workers): score per module, survivors (about 25 min: see README)
 	$(BIN)/python scripts/mutation.py $(MUTATION_ARGS)
 
 lint: $(STAMP) ## ruff check

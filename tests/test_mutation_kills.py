@@ -415,6 +415,7 @@ def test_tanh_saturation_uses_a_margin_scaled_to_its_range(tmp_path):
 from gradwatch.callbacks import GradientNormCallback  # noqa: E402
 from tests.memory_logger import MemoryLogger  # noqa: E402
 from tests.test_activation_stats import fit as fit_activations  # noqa: E402
+from tests.test_callback_kills import figures  # noqa: E402, F401  (autouse: no drawing)
 from tests.test_grad_norm_models import (  # noqa: E402
     Classifier,
     fp16_on_cpu,
