@@ -1719,6 +1719,37 @@ def test_depth_order_of_a_never_run_layer_after_a_detached_one_and_a_detached_in
     model = Between(bias=False)
     assert ordered(model, [lambda: model(x).sum().backward()]) == ["g1", "d", "n", "g2"]
 
+    class AfterADetachedOne(nn.Module):
+        """Registered g2, g1, d, n; the data flows g1 -> d (detached) -> g2. ``n`` never
+        runs and comes right after ``d``, whose place is a fraction above g2's."""
+
+        def __init__(self) -> None:
+            super().__init__()
+            for name in ("g2", "g1", "d", "n"):
+                self.add_module(name, nn.Linear(3, 3, bias=False))
+
+        def forward(self, x):
+            h = torch.tanh(self.g1(x))
+            return self.g2(h + self.d(h).detach())
+
+    model = AfterADetachedOne()
+    assert ordered(model, [lambda: model(x).sum().backward()]) == ["g1", "d", "n", "g2"]
+
+    class ForwardOnly(nn.Module):
+        """No backward: the layers that ran in forward order, a, b, c; ``n`` (never run,
+        registered after b) right after b, not after the output layer c."""
+
+        def __init__(self) -> None:
+            super().__init__()
+            for name in ("a", "b", "n", "c"):
+                self.add_module(name, nn.Linear(3, 3))
+
+        def forward(self, x):
+            return self.c(self.b(self.a(x)))
+
+    model = ForwardOnly()
+    assert ordered(model, [lambda: model(x)]) == ["a", "b", "n", "c"]
+
     class DetachedFirst(nn.Module):
         """``lead`` runs first, detached, before two layers of two parameters each; ``n``
         (never run) is registered right after it."""

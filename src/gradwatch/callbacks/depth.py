@@ -18,6 +18,8 @@ makes freeing a 10,000-layer graph overflow the C stack.)
 
 from __future__ import annotations
 
+import bisect
+
 import torch
 
 from gradwatch.callbacks.eager_pass import EagerPass
@@ -109,14 +111,17 @@ class DepthOrder:
 
     def order(self) -> list[int]:
         """Layer indices input side first. Layers never seen keep their registration
-        neighbourhood: right after the placed layer registered before them."""
-        keys, previous, after = {}, None, 0
-        top = max(self.key.values(), default=0) + 1
+        neighbourhood: right after the placed layer registered before them (before the
+        next placed key, which may be as little as a fraction below it)."""
+        placed = sorted(set(self.key.values()))
+        keys, previous, gap, after = {}, max(placed, default=0) + 1, 1.0, 0
         for i in range(len(self.layers)):
             if i in self.key:
-                keys[i], previous, after = self.key[i], self.key[i], 0
+                previous, after = self.key[i], 0
+                below = bisect.bisect_left(placed, previous)  # the next key down, if any
+                gap = previous - placed[below - 1] if below else 1.0
+                keys[i] = previous
             else:
                 after += 1
-                base = top if previous is None else previous
-                keys[i] = base - 1 + 1 / (after + 1)
+                keys[i] = previous - gap * after / (after + 1)  # within (next key, previous)
         return sorted(keys, key=lambda i: -keys[i])
