@@ -1737,18 +1737,19 @@ def test_depth_order_of_a_never_run_layer_after_a_detached_one_and_a_detached_in
 
     class ForwardOnly(nn.Module):
         """No backward: the layers that ran in forward order, a, b, c; ``n`` (never run,
-        registered after b) right after b, not after the output layer c."""
+        registered after b) right after b, not after the output layer c; ``m`` and ``o``
+        (never run, registered after c) after c, in registration order."""
 
         def __init__(self) -> None:
             super().__init__()
-            for name in ("a", "b", "n", "c"):
+            for name in ("a", "b", "n", "c", "m", "o"):
                 self.add_module(name, nn.Linear(3, 3))
 
         def forward(self, x):
             return self.c(self.b(self.a(x)))
 
     model = ForwardOnly()
-    assert ordered(model, [lambda: model(x)]) == ["a", "b", "n", "c"]
+    assert ordered(model, [lambda: model(x)]) == ["a", "b", "n", "c", "m", "o"]
 
     class DetachedFirst(nn.Module):
         """``lead`` runs first, detached, before two layers of two parameters each; ``n``

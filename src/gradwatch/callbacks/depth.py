@@ -111,17 +111,16 @@ class DepthOrder:
 
     def order(self) -> list[int]:
         """Layer indices input side first. Layers never seen keep their registration
-        neighbourhood: right after the placed layer registered before them (before the
-        next placed key, which may be as little as a fraction below it)."""
+        neighbourhood: right after the placed layer registered before them (halfway to
+        the next placed key, however close; a run of them stays in registration order, as
+        the sort is stable)."""
         placed = sorted(set(self.key.values()))
-        keys, previous, gap, after = {}, max(placed, default=0) + 1, 1.0, 0
+        keys, previous, gap = {}, max(placed, default=0) + 1, 1.0
         for i in range(len(self.layers)):
             if i in self.key:
-                previous, after = self.key[i], 0
+                previous = keys[i] = self.key[i]
                 below = bisect.bisect_left(placed, previous)  # the next key down, if any
                 gap = previous - placed[below - 1] if below else 1.0
-                keys[i] = previous
             else:
-                after += 1
-                keys[i] = previous - gap * after / (after + 1)  # within (next key, previous)
+                keys[i] = previous - gap / 2
         return sorted(keys, key=lambda i: -keys[i])
