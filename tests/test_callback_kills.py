@@ -1845,3 +1845,23 @@ def test_small_outputs_are_kept_within_the_pending_bound_and_large_ones_measured
         out = (torch.arange(n, dtype=torch.float64) - 1).clamp(min=0)
         assert log.values(f"activation/net.{name}/mean")[1] == pytest.approx(float(out.mean()))
         assert log.values(f"activation/net.{name}/dead")[1] == pytest.approx(2 / n)
+
+
+def test_a_layer_used_functionally_is_placed_by_its_gradient():
+    """``w`` is registered last and only used through ``F.linear`` (as MultiheadAttention
+    uses its ``out_proj``): no module hook sees it run, its gradient places it."""
+
+    class Functional(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            for name in ("a", "b", "w"):
+                self.add_module(name, nn.Linear(3, 3, bias=False))
+
+        def forward(self, x):
+            h = torch.tanh(self.a(x))
+            h = torch.tanh(torch.nn.functional.linear(h, self.w.weight))
+            return self.b(h)
+
+    torch.manual_seed(0)
+    model = Functional()
+    assert ordered(model, [lambda: model(torch.randn(2, 3)).sum().backward()]) == ["a", "w", "b"]
