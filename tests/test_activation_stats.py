@@ -163,3 +163,50 @@ def test_stats_match_each_output_as_it_was_when_the_module_ran(tmp_path):
             mean_of_calls = sum(values) / len(values)  # a module called twice: their mean
             assert logged == {0: pytest.approx(mean_of_calls, rel=1e-5, abs=1e-7)}, (name, stat)
     assert 0 < log.values("activation/net.relu/dead")[0] < 1
+
+
+class TorchvisionResNet(nn.Module):
+    """torchvision's ResNet-18 on digits (as 3 x 8 x 8): in-place ReLUs, one ReLU module
+    called twice in every block, 4-D outputs of several shapes, some measured at once;
+    keeps every ReLU call's output at step 0, as it was when the ReLU returned."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        from torchvision.models import resnet18
+
+        self.resnet = resnet18(num_classes=10)
+        self.kept: dict[str, list[torch.Tensor]] = {}
+        self.first = True
+        for name, module in self.resnet.named_modules():
+            if isinstance(module, nn.ReLU):
+                module.register_forward_hook(self._keep(f"resnet.{name}"))
+
+    def _keep(self, name: str):
+        def hook(module, args, output):
+            if self.first:
+                self.kept.setdefault(name, []).append(output.detach().clone())
+
+        return hook
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        big = x.reshape(-1, 1, 8, 8).expand(-1, 3, 8, 8).repeat_interleave(8, 2)
+        out = self.resnet(big.repeat_interleave(8, 3))  # 64 x 64: the stem's ReLU is large
+        self.first = False
+        return out
+
+
+def test_stats_of_a_torchvision_resnet_match_its_relu_outputs(tmp_path):
+    net, log = fit(tmp_path, ActivationStatsCallback(log_every_n_steps=1), steps=1,
+                   net=TorchvisionResNet())  # fmt: skip
+    assert max(o.numel() for outs in net.kept.values() for o in outs) >= MEASURE_AT_ONCE
+    assert any(len(outs) == 2 for outs in net.kept.values())  # a block's relu, called twice
+    for name, outputs in net.kept.items():
+        units = [o.reshape(o.shape[0], -1) for o in outputs]
+        expected = {
+            "mean": sum(o.mean().item() for o in outputs) / len(outputs),
+            "std": sum(o.std().item() for o in outputs) / len(outputs),
+            "dead": sum((u == 0).all(dim=0).float().mean().item() for u in units) / len(units),
+        }
+        for stat, value in expected.items():
+            logged = log.values(f"activation/net.{name}/{stat}")
+            assert logged == {0: pytest.approx(value, rel=1e-4, abs=1e-6)}, (name, stat)

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import sys
 import tempfile
+from dataclasses import replace
 
 import torch
 
@@ -98,7 +99,4 @@ def run(repeats: int, quick: bool) -> list[Row]:
         print("[bench] gpu: skipped, no CUDA device here", file=sys.stderr)
         return []
     name = torch.cuda.get_device_name(0)
-    return [
-        Row(r.group, r.name, r.value, r.unit, r.baseline, r.ratio, r.repeats, f"{name}; {r.note}")
-        for r in rows(repeats, quick, "cuda")
-    ]
+    return [replace(r, note=f"{name}; {r.note}") for r in rows(repeats, quick, "cuda")]

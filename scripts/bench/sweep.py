@@ -18,6 +18,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
 from scripts.bench.core import Row
@@ -114,14 +115,7 @@ def run(repeats: int, quick: bool) -> list[Row]:
     cores = os.cpu_count()
     after = ceiling_rows(seconds)
     ceiling = [
-        Row(
-            b.group,
-            b.name,
-            (b.value + a.value) / 2,
-            b.unit,
-            b.baseline,
-            note=f"{b.note} (mean of before and after the sweeps)".lstrip(),
-        )
+        replace(b, value=(b.value + a.value) / 2, note=f"{b.note} (before and after)".lstrip())
         for b, a in zip(before, after)
     ]
     return ceiling + [
