@@ -226,3 +226,33 @@ def test_single_job_argv_keeps_config_flags_and_drops_the_sweep():
         "seed=1",
         "hydra.mode=RUN",
     ]
+
+
+def test_a_misspelt_value_stops_the_sweep_before_any_job_starts(tmp_path):
+    """The covering sweeper composes only some jobs up front; a bad value in any of them,
+    here the last network of the grid, still stops the sweep with Hydra's message."""
+    result = run_cli(
+        "-m",
+        "experiment=sigmoid,relu,residul",
+        "model.net.depth=3,4,5,6",
+        *FAST,
+        f"paths.log_dir={tmp_path}",
+        cwd=tmp_path,
+    )
+    assert result.returncode != 0
+    assert "Could not find 'experiment/residul'" in result.stderr
+    (multirun,) = tmp_path.glob("multiruns/*")
+    assert job_dirs(multirun) == [], "a job started although the grid holds a bad value"
+
+
+def test_covering_jobs_try_every_override_with_fewer_compositions():
+    from hydra_plugins.gradwatch_sweeper.covering_sweeper import covering_jobs
+
+    nets, depths = ["residual", "relu", "sigmoid"], ["50", "20", "10", "5", "3"]
+    grid = [[f"experiment={n}", f"model.net.depth={d}", "seed=1"] for n in nets for d in depths]
+    chosen = covering_jobs(grid)
+    assert len(chosen) == 5  # the larger parameter's number of values, not 15
+    assert all(job in grid for job in chosen)
+    assert {o for job in chosen for o in job} == {o for job in grid for o in job}
+    assert covering_jobs([]) == []
+    assert covering_jobs([["a=1"]]) == [["a=1"]]

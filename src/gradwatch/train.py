@@ -21,6 +21,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from gradwatch.loggers import log_run_config
 from gradwatch.run.lifecycle import Run
+from gradwatch.run.quick_exit import skip_gc_at_exit
 from gradwatch.run.resume import continue_csv_logger
 from gradwatch.run.sweep import multirun_job
 
@@ -88,6 +89,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
 
 @hydra.main(version_base="1.3", config_path="configs", config_name="train.yaml")
 def main(cfg: DictConfig) -> float | None:
+    skip_gc_at_exit()  # also in a sweep's worker processes
     with multirun_job(cfg.paths.log_dir):
         summary = train(cfg)
     # The metric a sweeper (Optuna) optimizes.
@@ -95,4 +97,5 @@ def main(cfg: DictConfig) -> float | None:
 
 
 if __name__ == "__main__":
+    skip_gc_at_exit()
     main()
