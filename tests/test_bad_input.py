@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from gradwatch.recipe import train
 from gradwatch.run.summary import read_summary
-from gradwatch.train import train
 from tests.conftest import run_cli
 from tests.runs import compose_run, run_main
 

@@ -7,7 +7,7 @@ import math
 import pytest
 
 from gradwatch.plots import read_grad_norms
-from gradwatch.train import train
+from gradwatch.recipe import train
 from tests.runs import compose_run, torch_threads_kept
 
 EIGHT_STEPS = [

@@ -10,7 +10,7 @@ import torch
 
 from gradwatch.callbacks.layers import find_layers
 from gradwatch.nets import CNN, ResidualBlock
-from gradwatch.train import train
+from gradwatch.recipe import train
 from tests.fake_vision import write_cifar10
 
 

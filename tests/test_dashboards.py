@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 
 from gradwatch.loggers.hparams import HPARAMS_METRICS, VERDICT_CODE
+from gradwatch.recipe import train
 from gradwatch.run.files import WANDB_ID_FILE
-from gradwatch.train import train
 from tests.browser import browser
 from tests.conftest import run_cli
 from tests.runs import compose_run

@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from gradwatch.nets import CNN, MLP, ResidualBlock
-from gradwatch.train import train
+from gradwatch.recipe import train
 
 IDENTITY_INITS = ["zero", "rezero", "fixup"]
 

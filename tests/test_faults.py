@@ -23,6 +23,7 @@ import torch
 from gradwatch.data import CIFAR10DataModule, DigitsDataModule
 from gradwatch.module import ClassifierModule
 from gradwatch.nets import MLP
+from gradwatch.recipe import train
 from gradwatch.run.checkpoint_io import (
     TMP_MARK,
     AtomicCheckpointIO,
@@ -34,7 +35,6 @@ from gradwatch.run.lock import RunLock, RunLockedError
 from gradwatch.run.resume import last_checkpoint_in, load_checkpoint
 from gradwatch.run.summary import read_summary
 from gradwatch.run.write_errors import disk_error
-from gradwatch.train import train
 from tests.conftest import run_cli
 from tests.fake_vision import write_cifar10
 from tests.runs import (

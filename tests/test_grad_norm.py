@@ -303,7 +303,7 @@ def test_fp16_norms_are_unscaled(tmp_path):
 
 
 def test_absurd_learning_rate_stops_training_naming_a_layer(make_cfg):
-    from gradwatch.train import train
+    from gradwatch.recipe import train
 
     cfg = make_cfg(
         "experiment=relu",

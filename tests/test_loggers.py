@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from gradwatch.train import train
+from gradwatch.recipe import train
 from tests.runs import compose_run
 from tests.tensorboard_server import get_json, quote, tensorboard
 from tests.wandb_records import history, run_name

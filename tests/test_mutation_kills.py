@@ -745,11 +745,11 @@ def test_checkpoint_for_and_the_resumed_run_dir(tmp_path):
     assert R._checkpoint_for(cfg(tmp_path, str(ckpt))) == ckpt
     assert R._checkpoint_for(cfg(tmp_path, str(tmp_path / "missing.ckpt"))) is None
     assert R._resumed_run_dir(cfg(tmp_path, "last")) == run.resolve()
-    assert R._run_dir_resolver("fresh", _root_=cfg(tmp_path, "last")) == str(run.resolve())
+    assert R.run_dir_resolver("fresh", _root_=cfg(tmp_path, "last")) == str(run.resolve())
     # another experiment's checkpoint starts a run of its own
     assert R._resumed_run_dir(cfg(tmp_path, str(ckpt), task="tanh")) is None
-    assert R._run_dir_resolver("fresh", _root_=cfg(tmp_path, str(ckpt), task="tanh")) == "fresh"
-    assert R._hydra_subdir_resolver(_root_=cfg(tmp_path, None)) == ".hydra"
+    assert R.run_dir_resolver("fresh", _root_=cfg(tmp_path, str(ckpt), task="tanh")) == "fresh"
+    assert R.hydra_subdir_resolver(_root_=cfg(tmp_path, None)) == ".hydra"
 
 
 def test_load_checkpoint_says_what_the_file_is_not(tmp_path):
@@ -1127,11 +1127,11 @@ def test_hydra_subdir_of_a_resume_keeps_the_first_launch_files(tmp_path):
         c.hydra = {"runtime": {"output_dir": output_dir}}
         return c
 
-    sub = R._hydra_subdir_resolver(_root_=root(str(run)))
+    sub = R.hydra_subdir_resolver(_root_=root(str(run)))
     assert re.fullmatch(r"\.hydra/resume-\d{4}-\d\d-\d\d_\d\d-\d\d-\d\d-\d{6}", sub)
-    assert R._hydra_subdir_resolver(_root_=root(str(tmp_path / "elsewhere"))) == ".hydra"
-    assert R._hydra_subdir_resolver(_root_=cfg(tmp_path, "last")) == ".hydra"  # no hydra key
-    assert R._hydra_subdir_resolver(_root_=root(None)) == ".hydra"
+    assert R.hydra_subdir_resolver(_root_=root(str(tmp_path / "elsewhere"))) == ".hydra"
+    assert R.hydra_subdir_resolver(_root_=cfg(tmp_path, "last")) == ".hydra"  # no hydra key
+    assert R.hydra_subdir_resolver(_root_=root(None)) == ".hydra"
 
 
 def test_continue_csv_logger_keeps_earlier_rows_quietly(tmp_path):

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from gradwatch.plots import read_grad_norms
-from gradwatch.train import train
+from gradwatch.recipe import train
 from tests.runs import compose_run, torch_threads_kept
 
 FAST = ["experiment=relu", "debug=fast", "logger=none", "test=false", "torch_threads=1"]

@@ -10,7 +10,7 @@ from pathlib import Path
 import yaml
 
 import gradwatch
-from gradwatch.train import train
+from gradwatch.recipe import train
 from tests.runs import compose_run, torch_threads_kept
 
 FAST = ["experiment=relu", "model.net.depth=3", "model.net.width=16", "debug=fast", "logger=none"]

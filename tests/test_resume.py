@@ -17,10 +17,10 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from gradwatch.data import TensorBatches
+from gradwatch.recipe import train
 from gradwatch.run.interrupt import InterruptCheckpoint
 from gradwatch.run.summary import read_summary
 from gradwatch.step_csv import drop_rows_from
-from gradwatch.train import train
 from tests.conftest import run_cli
 from tests.runs import (
     TINY,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import csv
 from pathlib import Path
 
-from gradwatch.train import train
+from gradwatch.recipe import train
 from tests.conftest import run_cli
 from tests.fake_vision import write_mnist
 

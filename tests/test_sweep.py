@@ -256,3 +256,11 @@ def test_covering_jobs_try_every_override_with_fewer_compositions():
     assert {o for job in chosen for o in job} == {o for job in grid for o in job}
     assert covering_jobs([]) == []
     assert covering_jobs([["a=1"]]) == [["a=1"]]
+
+
+def test_the_entry_point_imports_neither_torch_nor_lightning():
+    """A multirun's launching process only composes configs: its workers start sooner."""
+    code = "import sys, gradwatch.train; "
+    code += "print([m for m in ('torch', 'lightning') if m in sys.modules])"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.stdout.strip() == "[]", result.stderr

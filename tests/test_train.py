@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from gradwatch.train import train
+from gradwatch.recipe import train
 from tests.conftest import EXPERIMENTS, run_cli
 
 SUMMARY_KEYS = {

@@ -44,7 +44,8 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 import gradwatch
-from gradwatch.train import build_model, build_trainer
+from gradwatch.recipe import build_model, build_trainer
+from gradwatch.run.heap import frozen_heap
 from scripts.bench.core import Row, quiet
 from tests.fake_vision import write_mnist  # MNIST's own IDX files, random pixels
 
@@ -118,15 +119,16 @@ class EpochClock(L.Callback):
 
 
 def stack_steps_per_s(cfg: DictConfig, warmup: int, epochs: int) -> float:
-    """Our stack as ``gradwatch.train`` builds it (the same two calls), timed by
-    :class:`EpochClock`."""
+    """Our stack as ``gradwatch.recipe.train`` builds and fits it (the same calls, the heap
+    frozen as there), timed by :class:`EpochClock`."""
     with open_dict(cfg):
         cfg.trainer.max_epochs = warmup + epochs
     datamodule, model = build_model(cfg)
     timer = EpochClock(warmup)
     trainer = build_trainer(cfg, [timer])
     try:
-        trainer.fit(model, datamodule=datamodule)
+        with frozen_heap():
+            trainer.fit(model, datamodule=datamodule)
     finally:
         torch.set_flush_denormal(False)
     return timer.steps_per_s

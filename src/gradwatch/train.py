@@ -1,95 +1,29 @@
-"""Hydra entry point: build -> fit -> test -> report, one run (or one multirun job).
+"""Hydra entry point: one run, or each job of a multirun (build -> fit -> test -> report is
+:func:`gradwatch.recipe.train`).
 
 python -m gradwatch.train experiment=relu model.net.depth=20 trainer.max_epochs=5
 python -m gradwatch.train experiment=relu ckpt_path=last   # resume the newest relu run
 
-The run's lifecycle (lock, config checks, resume, Ctrl-C/SIGTERM, full disks, summary.json)
-is :class:`gradwatch.run.lifecycle.Run`; this file only says what a run does.
+This module imports Hydra, not Lightning: a multirun's launching process only composes
+configs and hands jobs to its workers, which import Lightning (4 s here) themselves; before
+the split, the launching process imported it too, and the workers started that much later.
 """
 
 from __future__ import annotations
 
-from typing import Any
-
 import hydra
-import lightning as L
-import torch
-from hydra.utils import instantiate
-from lightning.pytorch.loggers import CSVLogger
-from lightning.pytorch.utilities.rank_zero import rank_zero_only
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
-from gradwatch.loggers import log_run_config
-from gradwatch.run.lifecycle import Run
-from gradwatch.run.quick_exit import skip_gc_at_exit
-from gradwatch.run.resume import continue_csv_logger
-from gradwatch.run.sweep import multirun_job
-
-
-def build_model(cfg: DictConfig) -> tuple[L.LightningDataModule, L.LightningModule]:
-    """The datamodule and the LightningModule around ``model.net``, seeded."""
-    if cfg.get("torch_threads"):
-        torch.set_num_threads(int(cfg.torch_threads))
-    torch.set_flush_denormal(bool(cfg.get("flush_denormal", False)))
-    L.seed_everything(cfg.seed, workers=True)
-    datamodule = instantiate(cfg.data)
-    shape = {"input_shape": datamodule.input_shape, "num_classes": datamodule.num_classes}
-    net = instantiate(cfg.model.net, **shape)
-    module_cfg = OmegaConf.masked_copy(cfg.model, [k for k in cfg.model if k != "net"])
-    return datamodule, instantiate(module_cfg, net=net, num_classes=datamodule.num_classes)
-
-
-def build_trainer(
-    cfg: DictConfig, callbacks: list[L.Callback] | None = None, log_from: int | None = None
-) -> L.Trainer:
-    """The trainer with the configured callbacks (plus ``callbacks``) and loggers; a
-    continued run directory's logs go on at step ``log_from``."""
-    configured = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c is not None]
-    loggers = _loggers(cfg, log_from)
-    log_run_config(loggers, cfg)  # dashboards: the resolved config as hyperparameters
-    return instantiate(
-        cfg.trainer, callbacks=[*configured, *(callbacks or [])], logger=loggers or False
-    )
-
-
-def _loggers(cfg: DictConfig, log_from: int | None) -> list[Any]:
-    loggers = []
-    for item in (cfg.get("logger") or {}).values():
-        if item is None:
-            continue
-        tensorboard = str(item.get("_target_", "")).endswith("TensorBoardLogger")
-        # TensorBoard hides what the interrupted launch logged past the checkpoint.
-        extra = {"purge_step": log_from} if tensorboard and log_from is not None else {}
-        logger = instantiate(item, **extra)
-        if isinstance(logger, CSVLogger) and log_from is not None and rank_zero_only.rank == 0:
-            continue_csv_logger(logger, log_from)
-        loggers.append(logger)
-    return loggers
-
-
-def train(cfg: DictConfig) -> dict[str, Any]:
-    """Train and test one run; returns its summary (summary.json is written however it ends)."""
-    with Run(cfg) as run:  # lock, config checks, the checkpoint to resume from
-        # Data and model.
-        datamodule, model = build_model(cfg)
-        # A checkpoint to resume from must fit this model; then the run says `running`.
-        run.start(model)
-        # Callbacks, loggers and trainer; a continued run's logs go on from its checkpoint.
-        trainer = run.watch(build_trainer(cfg, run.callbacks, run.log_from))
-        # Fit.
-        run.fit(model, datamodule)
-        metrics = dict(trainer.callback_metrics)
-        # Test.
-        if cfg.get("test"):
-            trainer.test(model, datamodule=datamodule, verbose=False)
-            metrics.update(trainer.callback_metrics)
-        # Record and report.
-        return run.completed(metrics)
+import gradwatch.run.resolvers  # noqa: F401  the config's gradwatch.* resolvers
+from gradwatch.run.heap import skip_gc_at_exit
 
 
 @hydra.main(version_base="1.3", config_path="configs", config_name="train.yaml")
 def main(cfg: DictConfig) -> float | None:
-    skip_gc_at_exit()  # also in a sweep's worker processes
+    from gradwatch.recipe import train
+    from gradwatch.run.sweep import multirun_job
+
+    skip_gc_at_exit()  # in a sweep's worker processes too
     with multirun_job(cfg.paths.log_dir):
         summary = train(cfg)
     # The metric a sweeper (Optuna) optimizes.

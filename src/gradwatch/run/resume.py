@@ -1,7 +1,7 @@
 """Resuming a run: ``ckpt_path=<file>`` or ``ckpt_path=last``, in the run's own directory.
 
 A checkpoint under ``<run dir>/checkpoints/`` is resumed *in that run directory*: Hydra's
-``hydra.run.dir`` goes through the ``gradwatch.run_dir`` resolver below, so
+``hydra.run.dir`` goes through the ``gradwatch.run_dir`` resolver (:func:`run_dir_resolver`), so
 ``grad_norms.csv``, the CSV/TensorBoard logs and ``summary.json`` continue. Rows logged by
 the interrupted launch after the checkpoint's step are dropped, so no step appears twice.
 """
@@ -97,23 +97,19 @@ def _resumed_run_dir(root: Any) -> Path | None:
     return run
 
 
-def _run_dir_resolver(default: str, *, _root_: DictConfig) -> str:
+def run_dir_resolver(default: str, *, _root_: DictConfig) -> str:
     """``hydra.run.dir``: the resumed run's directory, else ``default`` (a fresh one)."""
     resumed = _resumed_run_dir(_root_)
     return str(resumed) if resumed is not None else default
 
 
-def _hydra_subdir_resolver(*, _root_: DictConfig) -> str:
+def hydra_subdir_resolver(*, _root_: DictConfig) -> str:
     """``hydra.output_subdir``: a resume keeps the first launch's ``.hydra/`` files."""
     resumed = _resumed_run_dir(_root_)
     output_dir = OmegaConf.select(_root_, "hydra.runtime.output_dir")
     if resumed is None or output_dir is None or Path(output_dir).resolve() != resumed:
         return ".hydra"
     return f".hydra/resume-{datetime.now():%Y-%m-%d_%H-%M-%S-%f}"
-
-
-OmegaConf.register_new_resolver("gradwatch.run_dir", _run_dir_resolver, replace=True)
-OmegaConf.register_new_resolver("gradwatch.hydra_subdir", _hydra_subdir_resolver, replace=True)
 
 
 def _resume_hint(task_name: str) -> str:
