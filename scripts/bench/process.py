@@ -5,8 +5,9 @@
 - ``hand-written Lightning script`` (``_lightning_script.py``): the same work with
   Lightning's defaults and none of gradwatch's monitoring; the baseline of the group;
 - ``plain torch script`` (``_torch_script.py``): the same loop without Lightning;
-- ``import gradwatch.train`` against ``import lightning``, and ``import lightning`` against
-  ``import torch``: start-up, which dominates a run this short.
+- ``import gradwatch.recipe`` (what a training process imports) against ``import lightning``,
+  ``import gradwatch.train`` (the entry point: all that a sweep's launching process imports)
+  and ``import lightning`` against ``import torch``: start-up, which dominates a run this short.
 
 Every row is a fresh ``python`` process (one torch thread), interleaved over the repeats.
 """
@@ -36,6 +37,7 @@ def commands(out: Path) -> dict[str, list[str]]:
         "python -m gradwatch.train": [py, "-m", "gradwatch.train", f"paths.log_dir={out}", *ARGS],
         BASELINE: [py, str(HERE / "_lightning_script.py"), str(out)],
         "plain torch script": [py, str(HERE / "_torch_script.py")],
+        "import gradwatch.recipe": [py, "-c", "import gradwatch.recipe"],
         "import gradwatch.train": [py, "-c", "import gradwatch.train"],
         "import lightning": [py, "-c", "import lightning.pytorch"],
         "import torch": [py, "-c", "import torch"],
@@ -45,6 +47,7 @@ def commands(out: Path) -> dict[str, list[str]]:
 BASELINES = {
     "python -m gradwatch.train": BASELINE,
     "plain torch script": BASELINE,
+    "import gradwatch.recipe": "import lightning",
     "import gradwatch.train": "import lightning",
     "import lightning": "import torch",
 }
