@@ -37,6 +37,9 @@ def test_a_built_wheel_finds_its_configs_from_any_directory(tmp_path):
     (wheel,) = (tmp_path / "dist").glob("gradwatch-*.whl")
     site = tmp_path / "site"
     zipfile.ZipFile(wheel).extractall(site)
+    # The sweeper that configs/hydra/default.yaml names, where Hydra looks for plugins.
+    assert (site / "hydra_plugins" / "gradwatch_sweeper" / "covering_sweeper.py").is_file()
+    assert not (site / "hydra_plugins" / "__init__.py").exists()  # a namespace package
     configs = site / "gradwatch" / "configs"
     packaged = sorted(p.relative_to(configs) for p in configs.rglob("*.yaml"))
     sources = ROOT / "configs"
