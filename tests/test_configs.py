@@ -3,6 +3,9 @@ pairs, data and model built (no training, no data files read), a batch through t
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import pytest
 import torch
 from hydra import compose, initialize_config_dir
@@ -113,3 +116,15 @@ def test_every_sweep_preset_composes_a_grid_of_known_experiments(tmp_path, sweep
 def test_the_optuna_search_composes(tmp_path):
     cfg = compose_cfg(tmp_path, "hparams_search=optuna")
     assert cfg.task_name == "sigmoid"
+
+
+def test_the_run_dir_resolvers_come_with_the_entry_point_and_with_the_recipe():
+    """hydra.run.dir resolves through gradwatch.run_dir: whoever trains has it registered."""
+    for module in ("gradwatch.train", "gradwatch.recipe"):
+        code = (
+            f"import {module}; from omegaconf import OmegaConf; "
+            "print(OmegaConf.has_resolver('gradwatch.run_dir'), "
+            "OmegaConf.has_resolver('gradwatch.hydra_subdir'))"
+        )
+        result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+        assert result.stdout.split() == ["True", "True"], (module, result.stderr[-1000:])

@@ -18,6 +18,7 @@ from typing import Any
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+import gradwatch.run.resolvers  # noqa: F401  registers the resolvers that call this module
 from gradwatch.run.checkpoint_io import UnsafeCheckpointError, load_plain
 from gradwatch.run.files import CHECKPOINT_DIR, SUMMARY_FILE
 from gradwatch.run.summary import read_summary
