@@ -16,7 +16,7 @@ import pytest
 import scripts.bench
 from scripts.bench import __main__ as harness
 from scripts.bench import gpu, process, sweep, training
-from scripts.bench.core import with_ratios
+from scripts.bench.core import rows_against, with_ratios
 
 TINY_GROUP = textwrap.dedent(
     """
@@ -150,3 +150,15 @@ def test_the_plain_torch_baseline_does_the_default_runs_work():
     epochs = [ln for ln in out.stdout.splitlines() if ln.startswith("epoch")]
     assert len(epochs) == 20
     assert 0 <= float(out.stdout.split("test acc")[-1]) <= 1
+
+
+def test_rows_against_name_every_row_and_compare_all_but_the_baseline():
+    rows = rows_against(
+        "g", {"plain loop": 10.0, "gradwatch": 8.0}, "plain loop", "steps/s", 3, "sigmoid: ",
+        {"gradwatch": "default callbacks"},
+    )  # fmt: skip
+    assert [(r.name, r.baseline, r.note, r.repeats) for r in rows] == [
+        ("sigmoid: plain loop", None, "", 3),
+        ("sigmoid: gradwatch", "sigmoid: plain loop", "default callbacks", 3),
+    ]
+    assert with_ratios(rows)[1].ratio == 0.8

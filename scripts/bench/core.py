@@ -35,6 +35,31 @@ class Row:
         return asdict(self)
 
 
+def rows_against(
+    group: str,
+    values: dict[str, float],
+    baseline: str,
+    unit: str,
+    repeats: int,
+    prefix: str = "",
+    notes: dict[str, str] | None = None,
+) -> list[Row]:
+    """One row per ``name -> value``, named ``prefix + name``; each row but the
+    ``baseline``'s own is compared with it."""
+    return [
+        Row(
+            group,
+            prefix + name,
+            value,
+            unit,
+            baseline=None if name == baseline else prefix + baseline,
+            repeats=repeats,
+            note=(notes or {}).get(name, ""),
+        )
+        for name, value in values.items()
+    ]
+
+
 def pin_threads(n: int = 1) -> None:
     """Fix torch's intra- and inter-op threads so timings do not fight over cores."""
     torch.set_num_threads(n)

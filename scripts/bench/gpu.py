@@ -21,7 +21,7 @@ from dataclasses import replace
 import torch
 
 from scripts.bench import callback_cost, training
-from scripts.bench.core import Row, quiet, with_ratios
+from scripts.bench.core import Row, quiet, rows_against, with_ratios
 
 GROUP = "gpu"
 PRECISIONS = {"32-true": None, "16-mixed": torch.float16, "bf16-mixed": torch.bfloat16}
@@ -52,10 +52,7 @@ def training_rows(precision: str, repeats: int, quick: bool, log_dir: str, devic
         },
         repeats,
     )
-    return [
-        Row(GROUP, name, v, "steps/s", baseline=None if name == plain else plain, repeats=repeats)
-        for name, v in medians.items()
-    ]
+    return rows_against(GROUP, medians, plain, "steps/s", repeats)
 
 
 def resnet_rows(precision: str, repeats: int, quick: bool, root: str, accelerator: str):
@@ -65,18 +62,7 @@ def resnet_rows(precision: str, repeats: int, quick: bool, root: str, accelerato
     )
     rate("none")  # warm-up: kernels, allocator
     rates = training.interleaved_medians({v: lambda v=v: rate(v) for v in VARIANTS}, repeats)
-    base = f"{precision} resnet18/none"
-    return [
-        Row(
-            GROUP,
-            f"{precision} resnet18/{v}",
-            value,
-            "steps/s",
-            baseline=None if v == "none" else base,
-            repeats=repeats,
-        )
-        for v, value in rates.items()
-    ]
+    return rows_against(GROUP, rates, "none", "steps/s", repeats, f"{precision} resnet18/")
 
 
 def rows(repeats: int, quick: bool, device: str, precisions=tuple(PRECISIONS)) -> list[Row]:

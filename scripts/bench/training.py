@@ -48,7 +48,7 @@ from torch.utils.data import DataLoader, TensorDataset
 import gradwatch
 from gradwatch.recipe import build_model, build_trainer
 from gradwatch.run.heap import frozen_heap
-from scripts.bench.core import Row, quiet
+from scripts.bench.core import Row, quiet, rows_against
 from tests.fake_vision import write_mnist  # MNIST's own IDX files, random pixels
 
 GROUP = "training"
@@ -261,19 +261,7 @@ def network_rows(workload: str, repeats: int, quick: bool, log_dir: str) -> list
                 cfg, warmup, epochs, compiled=True
             )
     medians = interleaved_medians(variants, repeats)
-    baseline = f"{workload}: plain loop"
-    rows = [
-        Row(
-            GROUP,
-            f"{workload}: {name}",
-            value,
-            "steps/s",
-            baseline=None if name == "plain loop" else baseline,
-            repeats=repeats,
-            note=notes.get(name, ""),
-        )
-        for name, value in medians.items()
-    ]
+    rows = rows_against(GROUP, medians, "plain loop", "steps/s", repeats, f"{workload}: ", notes)
     if compile_note:
         rows.append(
             Row(GROUP, f"{workload}: plain loop, torch.compile", 0.0, "steps/s", note=compile_note)
@@ -295,10 +283,7 @@ def flush_denormal_rows(repeats: int, quick: bool, log_dir: str) -> list[Row]:
         f"{name}, flush_denormal": compose_config("sigmoid", log_dir, *deep, "flush_denormal=true"),
     }
     variants = {k: (lambda c=c: stack_steps_per_s(c, warmup, epochs)) for k, c in cfgs.items()}
-    return [
-        Row(GROUP, k, v, "steps/s", baseline=None if k == name else name, repeats=repeats)
-        for k, v in interleaved_medians(variants, repeats).items()
-    ]
+    return rows_against(GROUP, interleaved_medians(variants, repeats), name, "steps/s", repeats)
 
 
 def run(repeats: int, quick: bool) -> list[Row]:
