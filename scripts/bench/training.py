@@ -19,7 +19,10 @@ and Adam(lr=1e-3) on both sides:
 - ``gradwatch, no checkpoint`` and ``Lightning alone``: where the stack's time goes;
 - a 20-layer sigmoid MLP (which, unlike the 10-layer one, makes subnormal floats): our
   stack with ``flush_denormal=true`` vs without;
-- residual, not quick: ``plain loop, torch.compile`` (where inductor works on this CPU).
+- residual, not quick: ``plain loop, torch.compile`` (where inductor works on this CPU);
+- a fused Adam step with and without the NVML probe that ``import lightning`` switches on
+  (:mod:`gradwatch.run.cuda_probe`): on machines without NVIDIA's driver our stack drops
+  it, and the plain loop is timed without it, as a script that never imports Lightning.
 
 Steps/s are taken over whole epochs after one warm-up epoch, so per-epoch costs (the
 checkpoint, the DataLoader's reshuffle) count and one-off start-up does not. Variants run
@@ -36,6 +39,7 @@ import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
+from unittest import mock
 
 import lightning as L
 import torch
@@ -47,8 +51,9 @@ from torch.utils.data import DataLoader, TensorDataset
 
 import gradwatch
 from gradwatch.recipe import build_model, build_trainer
+from gradwatch.run.cuda_probe import NVML_CHECK, skip_missing_nvml
 from gradwatch.run.heap import frozen_heap
-from scripts.bench.core import Row, quiet, rows_against
+from scripts.bench.core import Row, median_time, quiet, rows_against
 from tests.fake_vision import write_mnist  # MNIST's own IDX files, random pixels
 
 GROUP = "training"
@@ -286,10 +291,35 @@ def flush_denormal_rows(repeats: int, quick: bool, log_dir: str) -> list[Row]:
     return rows_against(GROUP, interleaved_medians(variants, repeats), name, "steps/s", repeats)
 
 
+def nvml_probe_rows(repeats: int, probe_dropped: bool) -> list[Row]:
+    """A fused Adam step on the 10-layer sigmoid MLP's parameters, with the environment
+    ``import lightning`` leaves (``PYTORCH_NVML_BASED_CUDA_CHECK=1``) and as
+    ``gradwatch.recipe.build_trainer`` leaves it where NVML is missing."""
+    net = nn.Sequential(*(nn.Linear(128, 128) for _ in range(10)))
+    for p in net.parameters():
+        p.grad = torch.zeros_like(p)
+    optimizer = torch.optim.Adam(net.parameters(), lr=1e-9, fused=True)
+    name, probed = "Adam step", "Adam step, NVML probed"
+    if not probe_dropped:  # NVML loads here (or torch has no CUDA build): one row
+        return [Row(GROUP, name, 1 / median_time(optimizer.step, 200), "steps/s")]
+
+    def timed(probe: bool) -> float:
+        with mock.patch.dict(os.environ, {NVML_CHECK: "1"} if probe else {}):
+            return 100 / median_time(lambda: [optimizer.step() for _ in range(100)], 5)
+
+    steps = interleaved_medians({name: lambda: timed(False), probed: lambda: timed(True)}, repeats)
+    notes = {probed: "as after `import lightning` on a machine without NVIDIA's driver"}
+    return rows_against(GROUP, steps, name, "steps/s", repeats, notes=notes)
+
+
 def run(repeats: int, quick: bool) -> list[Row]:
+    # The plain loop as a script that never imports Lightning runs it: without the failing
+    # NVML probe Lightning's import switches on (our stack drops it in build_trainer).
+    probe_dropped = skip_missing_nvml()
     with tempfile.TemporaryDirectory(prefix="gradwatch-bench-") as log_dir, quiet():
         write_mnist(Path(log_dir, "data"), n_train=MNIST_IMAGES, n_test=10_000)
         rows = [
             row for workload in WORKLOADS for row in network_rows(workload, repeats, quick, log_dir)
         ]
-        return rows + flush_denormal_rows(repeats, quick, log_dir)
+        rows += flush_denormal_rows(repeats, quick, log_dir)
+        return rows + nvml_probe_rows(repeats, probe_dropped)

@@ -17,6 +17,7 @@ from lightning.pytorch.utilities.rank_zero import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
 from gradwatch.loggers import log_run_config
+from gradwatch.run.cuda_probe import skip_missing_nvml
 from gradwatch.run.heap import frozen_heap
 from gradwatch.run.lifecycle import Run
 from gradwatch.run.resume import continue_csv_logger
@@ -43,6 +44,7 @@ def build_trainer(
     configured = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c is not None]
     loggers = _loggers(cfg, log_from)
     log_run_config(loggers, cfg)  # dashboards: the resolved config as hyperparameters
+    skip_missing_nvml()  # no failing NVML dlopen in every optimizer step on CPU machines
     return instantiate(
         cfg.trainer, callbacks=[*configured, *(callbacks or [])], logger=loggers or False
     )

@@ -183,7 +183,8 @@ class InMemoryDataModule(L.LightningDataModule):
         if x.device not in self._stats_on:
             self._stats_on[x.device] = (self.mean.to(x.device), self.std.to(x.device))
         mean, std = self._stats_on[x.device]
-        return (x.float() - mean) / std
+        # One new tensor (never x itself, which the caller may keep), normalized in place.
+        return x.to(torch.float32, copy=True).sub_(mean).div_(std)
 
     def prepare_batch(self, x: torch.Tensor, train: bool) -> torch.Tensor:
         """What the model sees: augmented (training only), then normalized."""
