@@ -16,6 +16,7 @@ and Adam(lr=1e-3) on both sides:
 - ``gradwatch, grad norms every step``: the same with ``callbacks.grad_norm.log_every_n_steps=1``;
 - ``gradwatch, logging every 50 steps``: the same at Lightning's default cadence (ours is 5):
   what the monitoring costs on logging steps;
+- ``gradwatch, progress bar``: as ``make train`` runs it, with the progress bar;
 - ``gradwatch, no checkpoint`` and ``Lightning alone``: where the stack's time goes;
 - a 20-layer sigmoid MLP (which, unlike the 10-layer one, makes subnormal floats): our
   stack with ``flush_denormal=true`` vs without;
@@ -38,7 +39,9 @@ import statistics
 import tempfile
 import time
 from collections.abc import Callable
+from contextlib import redirect_stderr, redirect_stdout
 from pathlib import Path
+from typing import Any
 from unittest import mock
 
 import lightning as L
@@ -74,7 +77,13 @@ WORKLOADS = {
         "sigmoid",
         ("data=mnist", "data.download=false"),  # data.data_dir: the files written by the group
         (1, 2, 1),
-        ("plain loop", "plain loop + fused Adam", "gradwatch", "Lightning alone"),
+        (
+            "plain loop",
+            "plain loop + fused Adam",
+            "gradwatch",
+            "gradwatch, progress bar",
+            "Lightning alone",
+        ),
     ),
 }
 #: 66,667 images, of which MNIST's 10% validation split leaves 60,000: 469 batches of 128.
@@ -198,6 +207,12 @@ def plain_loop_steps_per_s(
     return steps / (clock() - start)
 
 
+def hidden_output(fn: Callable[..., float], *args: Any) -> float:
+    """``fn(*args)`` with its terminal output (a progress bar) thrown away."""
+    with open(os.devnull, "w") as devnull, redirect_stdout(devnull), redirect_stderr(devnull):
+        return fn(*args)
+
+
 def synchronize(device: str) -> None:
     """Wait for queued GPU work, so the clock measures it."""
     if device.startswith("cuda"):
@@ -238,6 +253,7 @@ def network_rows(workload: str, repeats: int, quick: bool, log_dir: str) -> list
     # Where the stack's time goes: without the per-epoch checkpoint, and Lightning alone.
     no_checkpoint = compose_config(experiment, log_dir, *extra, *NO_CHECKPOINT)
     bare = compose_config(experiment, log_dir, *extra, *BARE)
+    bar = compose_config(experiment, log_dir, *extra, "trainer.enable_progress_bar=true")
     variants: dict[str, Callable[[], float]] = {
         "plain loop": lambda: plain_loop_steps_per_s(cfg, warmup, epochs),
         "plain loop + .item() norms": lambda: plain_loop_steps_per_s(
@@ -247,6 +263,7 @@ def network_rows(workload: str, repeats: int, quick: bool, log_dir: str) -> list
         "gradwatch": lambda: stack_steps_per_s(cfg, warmup, epochs),
         "gradwatch, grad norms every step": lambda: stack_steps_per_s(every, warmup, epochs),
         "gradwatch, logging every 50 steps": lambda: stack_steps_per_s(every_50, warmup, epochs),
+        "gradwatch, progress bar": lambda: hidden_output(stack_steps_per_s, bar, warmup, epochs),
         "gradwatch, no checkpoint": lambda: stack_steps_per_s(no_checkpoint, warmup, epochs),
         "Lightning alone": lambda: stack_steps_per_s(bare, warmup, epochs),
     }
@@ -256,6 +273,7 @@ def network_rows(workload: str, repeats: int, quick: bool, log_dir: str) -> list
         "gradwatch, no checkpoint": "default callbacks minus ModelCheckpoint",
         "gradwatch, logging every 50 steps": "Lightning's default cadence (ours: 5)",
         "Lightning alone": "no callbacks, logger or checkpoint",
+        "gradwatch, progress bar": "as `make train` runs it, with the bar (not shown)",
     }
     variants = {k: v for k, v in variants.items() if only is None or k in only}
     compile_note = None
