@@ -72,6 +72,6 @@ def test_loggers_get_each_logging_steps_own_loss(progress_bar: bool):
 
 
 def test_progress_bar_refreshed_every_step_when_asked():
-    logged_at, logger, losses = _fit(0.0, progress_bar=True)
+    logged_at, logger, _ = _fit(0.0, progress_bar=True)
     assert logged_at == list(range(STEPS))
     assert sorted(logger.values("train/loss")) == LOGGING_STEPS

@@ -12,6 +12,7 @@ from typing import Any
 import lightning as L
 import torch
 from hydra.utils import instantiate
+from lightning.pytorch.callbacks import ProgressBar
 from lightning.pytorch.loggers import CSVLogger
 from lightning.pytorch.utilities.rank_zero import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
@@ -42,6 +43,8 @@ def build_trainer(
     """The trainer with the configured callbacks (plus ``callbacks``) and loggers; a
     continued run directory's logs go on at step ``log_from``."""
     configured = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c is not None]
+    if not cfg.trainer.get("enable_progress_bar", True):  # the switch; callbacks say the look
+        configured = [c for c in configured if not isinstance(c, ProgressBar)]
     loggers = _loggers(cfg, log_from)
     log_run_config(loggers, cfg)  # dashboards: the resolved config as hyperparameters
     skip_missing_nvml()  # no failing NVML dlopen in every optimizer step on CPU machines

@@ -1,0 +1,81 @@
+"""ThrottledProgressBar: Lightning's Rich bar updated a few times a second, ending every
+epoch on the true count; trainer.enable_progress_bar still switches it off."""
+
+from __future__ import annotations
+
+import lightning as L
+import pytest
+from lightning.pytorch.callbacks import RichProgressBar
+from lightning.pytorch.demos.boring_classes import BoringModel
+
+from gradwatch import progress
+from gradwatch.progress import ThrottledProgressBar
+from gradwatch.recipe import build_trainer
+
+EPOCHS, BATCHES = 2, 16
+
+
+class Clock:
+    """``time.monotonic`` that moves ``step`` seconds per reading."""
+
+    def __init__(self, step: float) -> None:
+        self.now, self.step = 0.0, step
+
+    def __call__(self) -> float:
+        self.now += self.step
+        return self.now
+
+
+def _fit(monkeypatch: pytest.MonkeyPatch, seconds_per_batch: float) -> tuple[list, list]:
+    """The batches Lightning's bar was given, and each epoch's final count on the bar."""
+    monkeypatch.setattr(progress, "monotonic", Clock(seconds_per_batch))
+    shown: list[tuple[int, int]] = []
+    finals: list[float] = []
+    real = RichProgressBar.on_train_batch_end
+
+    def spy(self, trainer, pl_module, outputs, batch, batch_idx):
+        shown.append((trainer.current_epoch, batch_idx))
+        real(self, trainer, pl_module, outputs, batch, batch_idx)
+
+    class Finals(L.Callback):
+        def on_train_epoch_end(self, trainer, pl_module):
+            bar = trainer.progress_bar_callback
+            finals.append(bar.progress.tasks[bar.train_progress_bar_id].completed)
+
+    monkeypatch.setattr(RichProgressBar, "on_train_batch_end", spy)
+    trainer = L.Trainer(
+        max_epochs=EPOCHS,
+        limit_train_batches=BATCHES,
+        limit_val_batches=0,
+        callbacks=[ThrottledProgressBar(refresh_rate=10), Finals()],
+        logger=False,
+        enable_checkpointing=False,
+        enable_model_summary=False,
+        accelerator="cpu",
+    )
+    trainer.fit(BoringModel())
+    return shown, finals
+
+
+def test_fast_batches_update_the_bar_a_few_times_and_end_on_the_count(monkeypatch):
+    # 0.03 s a batch: about every fourth batch at 10 updates a second, and each epoch's last.
+    shown, finals = _fit(monkeypatch, 0.03)
+    for epoch in range(EPOCHS):
+        batches = [b for e, b in shown if e == epoch]
+        assert BATCHES - 1 in batches
+        assert 4 <= len(batches) <= 7, batches
+    assert finals == [BATCHES] * EPOCHS
+
+
+def test_slow_batches_update_it_every_batch(monkeypatch):
+    shown, finals = _fit(monkeypatch, 0.5)
+    assert shown == [(e, b) for e in range(EPOCHS) for b in range(BATCHES)]
+    assert finals == [BATCHES] * EPOCHS
+
+
+@pytest.mark.parametrize("enabled", [True, False])
+def test_the_trainer_switch_still_decides(make_cfg, enabled):
+    cfg = make_cfg("logger=none", f"trainer.enable_progress_bar={str(enabled).lower()}")
+    trainer = build_trainer(cfg)
+    assert isinstance(trainer.progress_bar_callback, ThrottledProgressBar) is enabled
+    assert (trainer.progress_bar_callback is None) is not enabled
