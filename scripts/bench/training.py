@@ -16,7 +16,8 @@ and Adam(lr=1e-3) on both sides:
 - ``gradwatch, grad norms every step``: the same with ``callbacks.grad_norm.log_every_n_steps=1``;
 - ``gradwatch, logging every 50 steps``: the same at Lightning's default cadence (ours is 5):
   what the monitoring costs on logging steps;
-- ``gradwatch, progress bar``: as ``make train`` runs it, with the progress bar;
+- ``gradwatch, progress bar``: as ``make train`` runs it, with the progress bar (ours,
+  updated at most 10 times a second), and with Lightning's own, updated every batch;
 - ``gradwatch, no checkpoint`` and ``Lightning alone``: where the stack's time goes;
 - a 20-layer sigmoid MLP (which, unlike the 10-layer one, makes subnormal floats): our
   stack with ``flush_denormal=true`` vs without;
@@ -254,6 +255,9 @@ def network_rows(workload: str, repeats: int, quick: bool, log_dir: str) -> list
     no_checkpoint = compose_config(experiment, log_dir, *extra, *NO_CHECKPOINT)
     bare = compose_config(experiment, log_dir, *extra, *BARE)
     bar = compose_config(experiment, log_dir, *extra, "trainer.enable_progress_bar=true")
+    lightning_bar = compose_config(
+        experiment, log_dir, *extra, "trainer.enable_progress_bar=true", "~callbacks.progress_bar"
+    )
     variants: dict[str, Callable[[], float]] = {
         "plain loop": lambda: plain_loop_steps_per_s(cfg, warmup, epochs),
         "plain loop + .item() norms": lambda: plain_loop_steps_per_s(
@@ -264,6 +268,9 @@ def network_rows(workload: str, repeats: int, quick: bool, log_dir: str) -> list
         "gradwatch, grad norms every step": lambda: stack_steps_per_s(every, warmup, epochs),
         "gradwatch, logging every 50 steps": lambda: stack_steps_per_s(every_50, warmup, epochs),
         "gradwatch, progress bar": lambda: hidden_output(stack_steps_per_s, bar, warmup, epochs),
+        "gradwatch, Lightning's progress bar": lambda: hidden_output(
+            stack_steps_per_s, lightning_bar, warmup, epochs
+        ),
         "gradwatch, no checkpoint": lambda: stack_steps_per_s(no_checkpoint, warmup, epochs),
         "Lightning alone": lambda: stack_steps_per_s(bare, warmup, epochs),
     }
@@ -274,6 +281,7 @@ def network_rows(workload: str, repeats: int, quick: bool, log_dir: str) -> list
         "gradwatch, logging every 50 steps": "Lightning's default cadence (ours: 5)",
         "Lightning alone": "no callbacks, logger or checkpoint",
         "gradwatch, progress bar": "as `make train` runs it, with the bar (not shown)",
+        "gradwatch, Lightning's progress bar": "its RichProgressBar, updated every batch",
     }
     variants = {k: v for k, v in variants.items() if only is None or k in only}
     compile_note = None
