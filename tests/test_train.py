@@ -73,6 +73,8 @@ def test_cli_writes_grad_norms_csv_and_summary(tmp_path):
     assert (run_dir / ".hydra" / "config.yaml").exists()
     assert "verdict: healthy" in result.stdout
     assert str(run_dir) in result.stdout.replace("\n", "")
+    # Lightning's messages once each (not again through Hydra's root logger).
+    assert (result.stdout + result.stderr).count("Seed set to 42") == 1, result.stderr
 
 
 @pytest.mark.parametrize(

@@ -11,6 +11,8 @@ they start as soon as the jobs are composed instead of 4 s after.
 
 from __future__ import annotations
 
+import logging
+
 import hydra
 from omegaconf import DictConfig
 
@@ -23,11 +25,27 @@ def main(cfg: DictConfig) -> float | None:
     from gradwatch.recipe import train
     from gradwatch.run.sweep import multirun_job
 
+    _print_lightning_once()
     skip_gc_at_exit()  # in a sweep's worker processes too
     with multirun_job(cfg.paths.log_dir):
         summary = train(cfg)
     # The metric a sweeper (Optuna) optimizes.
     return summary["metrics"].get(cfg.get("optimized_metric", "val/acc"))
+
+
+def _print_lightning_once() -> None:
+    """Lightning's messages once each, in its own plain format.
+
+    Imported before logging is set up, Lightning gives its loggers a console handler of their
+    own and stops them propagating; imported after Hydra has set up the root logger (as here,
+    inside the job), it does neither, and every line came out twice: from the ``lightning``
+    logger and from the root. Do what it does when imported first.
+    """
+    for name in ("lightning.pytorch", "lightning.fabric"):
+        logger = logging.getLogger(name)
+        if logger.propagate:
+            logger.addHandler(logging.StreamHandler())
+            logger.propagate = False
 
 
 if __name__ == "__main__":
