@@ -46,14 +46,21 @@ def _adam_step() -> None:
 
 
 @pytest.mark.skipif(not torch.backends.cuda.is_built(), reason="a CPU-only torch never asks NVML")
+@pytest.mark.skipif(torch.version.hip is not None, reason="ROCm torch counts through amdsmi")
 def test_this_machine(monkeypatch: pytest.MonkeyPatch):
     monkeypatch.setenv(NVML_CHECK, "1")  # as `import lightning` leaves it
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)  # "" or -1: no NVML at all
     before = torch.cuda.is_available()
-    if _nvml_loads():  # a machine with NVIDIA's driver: left as Lightning set it
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        nvml_counts = torch.cuda._device_count_nvml() >= 0
+    if nvml_counts:  # NVIDIA's driver answers: left as Lightning set it
         assert not skip_missing_nvml()
+        assert os.environ[NVML_CHECK] == "1"
         assert torch.cuda.is_available() == before
         return
-    assert _dlopens(_adam_step, monkeypatch) >= 1, "the step no longer probed NVML anyway"
+    if not _nvml_loads():  # a CPU machine: the step tried to load it
+        assert _dlopens(_adam_step, monkeypatch) >= 1
     assert skip_missing_nvml()
     assert NVML_CHECK not in os.environ
     assert torch.cuda.is_available() == before == (torch._C._cuda_getDeviceCount() > 0)
@@ -67,6 +74,7 @@ def test_dropped_only_where_torch_falls_back_to_the_runtime(
 ):
     monkeypatch.setenv(NVML_CHECK, "1")
     monkeypatch.setattr(torch.backends.cuda, "is_built", lambda: True)
+    monkeypatch.setattr(torch.version, "hip", None)
     monkeypatch.setattr(torch.cuda, "_device_count_nvml", lambda: nvml_count)
     assert skip_missing_nvml() is dropped
     assert (NVML_CHECK in os.environ) is not dropped
@@ -81,6 +89,7 @@ def test_left_alone_when_not_set(monkeypatch: pytest.MonkeyPatch):
 def test_the_recipe_drops_it(monkeypatch: pytest.MonkeyPatch, make_cfg):
     monkeypatch.setenv(NVML_CHECK, "1")
     monkeypatch.setattr(torch.backends.cuda, "is_built", lambda: True)
+    monkeypatch.setattr(torch.version, "hip", None)
     monkeypatch.setattr(torch.cuda, "_device_count_nvml", lambda: -1)
     build_trainer(make_cfg("logger=none", "trainer.enable_progress_bar=false"))
     assert NVML_CHECK not in os.environ

@@ -3,6 +3,8 @@ epoch on the true count; trainer.enable_progress_bar still switches it off."""
 
 from __future__ import annotations
 
+from typing import Any
+
 import lightning as L
 import pytest
 from lightning.pytorch.callbacks import RichProgressBar
@@ -26,8 +28,11 @@ class Clock:
         return self.now
 
 
-def _fit(monkeypatch: pytest.MonkeyPatch, seconds_per_batch: float) -> tuple[list, list]:
-    """The batches Lightning's bar was given, and each epoch's final count on the bar."""
+def _fit(
+    monkeypatch: pytest.MonkeyPatch, seconds_per_batch: float, **trainer_kwargs: Any
+) -> tuple[list, list]:
+    """The batches Lightning's bar was given, and the training bar's count at each epoch's
+    end and each validation's start."""
     monkeypatch.setattr(progress, "monotonic", Clock(seconds_per_batch))
     shown: list[tuple[int, int]] = []
     finals: list[float] = []
@@ -38,20 +43,28 @@ def _fit(monkeypatch: pytest.MonkeyPatch, seconds_per_batch: float) -> tuple[lis
         real(self, trainer, pl_module, outputs, batch, batch_idx)
 
     class Finals(L.Callback):
-        def on_train_epoch_end(self, trainer, pl_module):
+        def _count(self, trainer) -> None:
             bar = trainer.progress_bar_callback
-            finals.append(bar.progress.tasks[bar.train_progress_bar_id].completed)
+            if bar.train_progress_bar_id is not None:
+                finals.append(bar.progress.tasks[bar.train_progress_bar_id].completed)
+
+        def on_train_epoch_end(self, trainer, pl_module):
+            self._count(trainer)
+
+        def on_validation_start(self, trainer, pl_module):
+            self._count(trainer)
 
     monkeypatch.setattr(RichProgressBar, "on_train_batch_end", spy)
+    options = {"max_epochs": EPOCHS, "limit_val_batches": 0, **trainer_kwargs}
     trainer = L.Trainer(
-        max_epochs=EPOCHS,
         limit_train_batches=BATCHES,
-        limit_val_batches=0,
         callbacks=[ThrottledProgressBar(refresh_rate=10), Finals()],
         logger=False,
         enable_checkpointing=False,
         enable_model_summary=False,
+        num_sanity_val_steps=0,
         accelerator="cpu",
+        **options,
     )
     trainer.fit(BoringModel())
     return shown, finals
@@ -71,6 +84,14 @@ def test_slow_batches_update_it_every_batch(monkeypatch):
     shown, finals = _fit(monkeypatch, 0.5)
     assert shown == [(e, b) for e in range(EPOCHS) for b in range(BATCHES)]
     assert finals == [BATCHES] * EPOCHS
+
+
+def test_a_stop_mid_epoch_and_a_validation_show_the_true_count(monkeypatch):
+    # Frozen clock: after each epoch's first batch, nothing is shown until it catches up.
+    _, finals = _fit(monkeypatch, 0.0, max_steps=BATCHES + 6)
+    assert finals == [BATCHES, 6]
+    _, finals = _fit(monkeypatch, 0.0, max_epochs=1, limit_val_batches=2, val_check_interval=5)
+    assert finals == [5, 10, 15, BATCHES]
 
 
 @pytest.mark.parametrize("enabled", [True, False])

@@ -69,6 +69,16 @@ CLOCKS = {"wall": time.perf_counter, "cpu": time.process_time}
 NO_CHECKPOINT = ("~callbacks.model_checkpoint", "++trainer.enable_checkpointing=false")
 #: The Trainer with nothing of ours but the module and data: Lightning's own per-step cost.
 BARE = ("callbacks=none", "logger=none", "++trainer.enable_checkpointing=false")
+#: The progress bar, drawn as on a terminal (into /dev/null: Rich skips drawing elsewhere).
+PROGRESS_BAR = (
+    "trainer.enable_progress_bar=true",
+    "+callbacks.progress_bar.console_kwargs.force_terminal=true",
+)
+#: Lightning's own bar (its default where rich is installed), updated on every batch.
+LIGHTNING_BAR = (
+    "callbacks.progress_bar._target_=lightning.pytorch.callbacks.RichProgressBar",
+    "callbacks.progress_bar.refresh_rate=100",
+)
 #: workload -> (experiment, overrides, (warm-up, timed, timed when quick) epochs, variants);
 #: ``None``: every variant of :func:`network_rows`. Digits: 10 steps an epoch.
 WORKLOADS = {
@@ -254,10 +264,8 @@ def network_rows(workload: str, repeats: int, quick: bool, log_dir: str) -> list
     # Where the stack's time goes: without the per-epoch checkpoint, and Lightning alone.
     no_checkpoint = compose_config(experiment, log_dir, *extra, *NO_CHECKPOINT)
     bare = compose_config(experiment, log_dir, *extra, *BARE)
-    bar = compose_config(experiment, log_dir, *extra, "trainer.enable_progress_bar=true")
-    lightning_bar = compose_config(
-        experiment, log_dir, *extra, "trainer.enable_progress_bar=true", "~callbacks.progress_bar"
-    )
+    bar = compose_config(experiment, log_dir, *extra, *PROGRESS_BAR)
+    lightning_bar = compose_config(experiment, log_dir, *extra, *PROGRESS_BAR, *LIGHTNING_BAR)
     variants: dict[str, Callable[[], float]] = {
         "plain loop": lambda: plain_loop_steps_per_s(cfg, warmup, epochs),
         "plain loop + .item() norms": lambda: plain_loop_steps_per_s(

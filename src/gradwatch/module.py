@@ -137,7 +137,8 @@ class ClassifierModule(L.LightningModule):
         trainer = self._trainer
         if trainer is None or lightning_logs_at(trainer.global_step, trainer.log_every_n_steps):
             return True
-        if trainer.progress_bar_callback is None:
+        bar = trainer.progress_bar_callback
+        if bar is None or not bar.is_enabled:  # none, or another DDP rank's
             return False
         now = time.monotonic()
         if now - self._bar_shown_at < self.bar_refresh_s:

@@ -34,18 +34,19 @@ def main(cfg: DictConfig) -> float | None:
 
 
 def _print_lightning_once() -> None:
-    """Lightning's messages once each, in its own plain format.
+    """Lightning's messages once each, through Hydra's logging: on the console and in the
+    run's ``train.log``.
 
-    Imported before logging is set up, Lightning gives its loggers a console handler of their
-    own and stops them propagating; imported after Hydra has set up the root logger (as here,
-    inside the job), it does neither, and every line came out twice: from the ``lightning``
-    logger and from the root. Do what it does when imported first.
+    Imported after Hydra has set up the root logger (as here, inside the job), Lightning
+    leaves its loggers propagating to it, and its top ``lightning`` logger also prints
+    through a console handler of its own: every line came out twice.
     """
-    for name in ("lightning.pytorch", "lightning.fabric"):
-        logger = logging.getLogger(name)
-        if logger.propagate:
-            logger.addHandler(logging.StreamHandler())
-            logger.propagate = False
+    if not logging.getLogger("lightning.pytorch").propagate:  # imported before Hydra's setup
+        return
+    lightning = logging.getLogger("lightning")
+    for handler in list(lightning.handlers):
+        if type(handler) is logging.StreamHandler:  # its console handler; not a file
+            lightning.removeHandler(handler)
 
 
 if __name__ == "__main__":

