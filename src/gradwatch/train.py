@@ -34,19 +34,19 @@ def main(cfg: DictConfig) -> float | None:
 
 
 def _print_lightning_once() -> None:
-    """Lightning's messages once each, through Hydra's logging: on the console and in the
-    run's ``train.log``.
+    """Lightning's messages once each, on stderr in its own format, as when it is imported
+    before logging is set up.
 
-    Imported after Hydra has set up the root logger (as here, inside the job), Lightning
-    leaves its loggers propagating to it, and its top ``lightning`` logger also prints
-    through a console handler of its own: every line came out twice.
+    Then it gives ``lightning.pytorch`` and ``lightning.fabric`` console handlers of their
+    own and stops them propagating. Imported after Hydra has set up the root logger (as
+    here, inside the job), it does neither, and every line came out twice: through its top
+    ``lightning`` logger's handler and through Hydra's. Do what it does when imported first.
     """
-    if not logging.getLogger("lightning.pytorch").propagate:  # imported before Hydra's setup
-        return
-    lightning = logging.getLogger("lightning")
-    for handler in list(lightning.handlers):
-        if type(handler) is logging.StreamHandler:  # its console handler; not a file
-            lightning.removeHandler(handler)
+    for name in ("lightning.pytorch", "lightning.fabric"):
+        logger = logging.getLogger(name)
+        if logger.propagate:
+            logger.addHandler(logging.StreamHandler())
+            logger.propagate = False
 
 
 if __name__ == "__main__":
