@@ -34,19 +34,14 @@ def main(cfg: DictConfig) -> float | None:
 
 
 def _print_lightning_once() -> None:
-    """Lightning's messages once each, on stderr in its own format, as when it is imported
-    before logging is set up.
+    """Lightning's messages once each, on stderr.
 
-    Then it gives ``lightning.pytorch`` and ``lightning.fabric`` console handlers of their
-    own and stops them propagating. Imported after Hydra has set up the root logger (as
-    here, inside the job), it does neither, and every line came out twice: through its top
-    ``lightning`` logger's handler and through Hydra's. Do what it does when imported first.
+    Imported after Hydra has set up the root logger (as here, inside the job), Lightning
+    lets ``lightning.pytorch`` and ``lightning.fabric`` propagate, and every line came out
+    twice: through the top ``lightning`` logger's console handler and through Hydra's.
+    Stop them at the former (stdout stays for the report).
     """
-    for name in ("lightning.pytorch", "lightning.fabric"):
-        logger = logging.getLogger(name)
-        if logger.propagate:
-            logger.addHandler(logging.StreamHandler())
-            logger.propagate = False
+    logging.getLogger("lightning").propagate = False
 
 
 if __name__ == "__main__":
