@@ -931,9 +931,7 @@ def test_activation_statistics_of_every_kind(tmp_path):
 def test_statistics_stay_on_the_outputs_device():
     cb = ActivationStatsCallback()
     for module in (nn.Sigmoid(), nn.ReLU(), nn.GELU()):
-        cb._stats = {}
-        cb._measure(cb._kind(module), [("m", torch.zeros(4, 3, device="meta"))])
-        (row,) = cb._stats["m"]
+        (row,) = cb._measure(cb._kind(module), torch.zeros(1, 4, 3, device="meta"))
         assert row.device.type == "meta" and row.shape == (4,)
 
 
@@ -1818,13 +1816,13 @@ def test_small_outputs_are_kept_within_the_pending_bound_and_large_ones_measured
     seen = []
 
     class Checked(ActivationStatsCallback):
-        def _hook(self, name):
-            record = super()._hook(name)
+        def _hook(self, name, module):
+            record = super()._hook(name, module)
 
             def check(module, args, output):
                 record(module, args, output)
-                kept = sum(out.numel() for _, _, out in self._pending)
-                seen.append((name, self._pending_numel, kept, [n for n, _, _ in self._pending]))
+                kept = [(n, k.buffer[0].numel()) for k in self._kept.values() for n in k.names]
+                seen.append((name, self._kept_numel, sum(n for _, n in kept), [n for n, _ in kept]))
 
             return check
 

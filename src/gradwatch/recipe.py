@@ -18,6 +18,7 @@ from lightning.pytorch.utilities.rank_zero import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
 from gradwatch.loggers import log_run_config
+from gradwatch.run.allocator import keep_freed_memory
 from gradwatch.run.cuda_probe import skip_missing_nvml
 from gradwatch.run.heap import frozen_heap
 from gradwatch.run.lifecycle import Run
@@ -48,6 +49,7 @@ def build_trainer(
     loggers = _loggers(cfg, log_from)
     log_run_config(loggers, cfg)  # dashboards: the resolved config as hyperparameters
     skip_missing_nvml()  # no failing NVML dlopen in every optimizer step on CPU machines
+    keep_freed_memory()  # no page faults on memory each step frees and the next reuses
     return instantiate(
         cfg.trainer, callbacks=[*configured, *(callbacks or [])], logger=loggers or False
     )

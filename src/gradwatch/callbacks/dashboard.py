@@ -4,6 +4,7 @@ W&B run summary) and W&B charts of every layer's gradient norm."""
 from __future__ import annotations
 
 import math
+import time
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +22,9 @@ from gradwatch.loggers.hparams import (
 )
 from gradwatch.run.files import GRAD_NORMS_FILE
 from gradwatch.verdict import Diagnosis
+
+#: The running verdict is judged again at most this often (seconds).
+JUDGE_EVERY_S = 1.0
 
 #: W&B chart keys: every layer's log10 gradient norm against the step, and against depth.
 LAYERS_CHART = "charts/grad_norm_per_layer"
@@ -69,7 +73,8 @@ class DashboardCallback(L.Callback):
             raise ValueError(f"chart_points must be an integer >= 2, got {chart_points!r}.")
         self.chart_points = chart_points
         self._grad: GradientNormCallback | None = None
-        self._next_check = 1
+        self._seen = 0  # logged ratios when the verdict was last judged
+        self._judged_at = -math.inf
         self._shown: tuple[str, str] | None = None  # (verdict, advice) last logged
 
     def _find(self, trainer: L.Trainer) -> GradientNormCallback | None:
@@ -77,16 +82,21 @@ class DashboardCallback(L.Callback):
 
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._grad = self._find(trainer)
-        self._next_check = 1
+        self._seen, self._judged_at = 0, -math.inf
         self._shown = None
 
     @rank_zero_only
     def on_train_batch_end(self, trainer: L.Trainer, *args: Any) -> None:
         grad = self._grad
-        if grad is None or len(grad.ratios) < self._next_check:
+        if grad is None or len(grad.ratios) == self._seen:
             return
-        # Judging reads every logged ratio: look again once the log has grown by 2 percent.
-        self._next_check = len(grad.ratios) + max(1, len(grad.ratios) // 50)
+        # Judging reads every signal (0.15 ms on a small net): at most every JUDGE_EVERY_S
+        # seconds, which is still more often than TensorBoard reloads. The end of fit judges
+        # again whatever the time.
+        now = time.monotonic()
+        if now - self._judged_at < JUDGE_EVERY_S:
+            return
+        self._seen, self._judged_at = len(grad.ratios), now
         diagnosis = grad.diagnosis()
         if self._shown is None or diagnosis.verdict != self._shown[0]:
             self._show(trainer, diagnosis)

@@ -361,7 +361,6 @@ class GradientNormCallback(L.Callback):
         opt.version = self._version
 
     # -- per step: gradients before clipping ----------------------------------------------
-    @torch.no_grad()
     def on_before_optimizer_step(
         self, trainer: L.Trainer, pl_module: L.LightningModule, optimizer: torch.optim.Optimizer
     ) -> None:
@@ -374,8 +373,19 @@ class GradientNormCallback(L.Callback):
             self._amp_before = scaler._scale.clone()
         step = self._own_step(trainer, opt)
         opt.steps += 1
-        if not opt.params or not self._logs_at(trainer, step):
-            return
+        if opt.params and self._logs_at(trainer, step):
+            self._measure(trainer, optimizer, opt, scaler, step)
+
+    @torch.no_grad()
+    def _measure(
+        self,
+        trainer: L.Trainer,
+        optimizer: torch.optim.Optimizer,
+        opt: _Optimizer,
+        scaler: Any,
+        step: int,
+    ) -> None:
+        """A logging step's gradient and weight norms, and a copy of the weights."""
         if self._depth.active:
             self._merge_depths()
         with_grad = [i for i in opt.params if self._params[i].grad is not None]
@@ -427,11 +437,13 @@ class GradientNormCallback(L.Callback):
         log_histograms(trainer.loggers, values, trainer.global_step)
 
     # -- right after optimizer.step: the weight change and the clipped gradients ----------
-    @torch.no_grad()
     def _after_step(self, optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
         pending = self._pending
-        if pending is None or self._opts.get(id(optimizer)) is not pending.opt:
-            return
+        if pending is not None and self._opts.get(id(optimizer)) is pending.opt:
+            self._measure_update(pending)
+
+    @torch.no_grad()
+    def _measure_update(self, pending: _Pending) -> None:
         opt, p = pending.opt, self.norm_type
         tensors = []
         if self.weight_stats:  # the copy becomes (before - after): the step's change
@@ -468,12 +480,15 @@ class GradientNormCallback(L.Callback):
         self._amp_skipped = self._amp_skipped + skipped.long()
         return skipped
 
-    @torch.no_grad()
     def _settle(self, trainer: L.Trainer) -> None:
         skipped = self._count_amp_skip(trainer)
         pending, self._pending = self._pending, None
-        if pending is None:
-            return
+        if pending is not None:
+            self._settle_pending(trainer, pending, skipped)
+
+    @torch.no_grad()
+    def _settle_pending(self, trainer: L.Trainer, pending: _Pending, skipped: Any) -> None:
+        """The logging step's one transfer to the host, then its row."""
         opt, n, p = pending.opt, len(pending.opt.layers), self.norm_type
         weights = pending.weights
         if weights is not None:  # sharded: the later tensors count like the earlier ones

@@ -14,7 +14,7 @@ from typing import Any
 from lightning.fabric.utilities.logger import _add_prefix, _convert_params
 from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities.rank_zero import rank_zero_only
-from tensorboard.compat.proto.summary_pb2 import Summary
+from tensorboard.compat.proto.event_pb2 import Event
 from torch import Tensor
 
 from gradwatch.loggers.hparams import HPARAMS, HPARAMS_METRICS, flatten, shown
@@ -111,6 +111,7 @@ class BatchedTensorBoardLogger(TensorBoardLogger):
         use_c_crc32c()
         self.log10 = tuple(log10 or ())
         self._log10_parts = tuple(f"{kind}/" for kind in self.log10)
+        self._log10_tags: dict[str, str | None] = {}
         self.hparams_keys = tuple(HPARAMS if hparams is None else hparams)
         self._session_started = self._session_ended = False
         self._saved_at: float | None = None
@@ -126,13 +127,21 @@ class BatchedTensorBoardLogger(TensorBoardLogger):
         return writer
 
     def _log10_tag(self, tag: str) -> str | None:
+        try:
+            return self._log10_tags[tag]
+        except KeyError:
+            pass
+        companion = None
         for part in self._log10_parts:
             if tag.startswith(part):
-                return LOG10 + tag
+                companion = LOG10 + tag
+                break
             at = tag.find("/" + part)
             if at >= 0:
-                return f"{tag[: at + 1]}{LOG10}{tag[at + 1 :]}"
-        return None
+                companion = f"{tag[: at + 1]}{LOG10}{tag[at + 1 :]}"
+                break
+        self._log10_tags[tag] = companion
+        return companion
 
     @rank_zero_only
     def save(self) -> None:
@@ -144,7 +153,8 @@ class BatchedTensorBoardLogger(TensorBoardLogger):
     @rank_zero_only
     def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
         metrics = _add_prefix(metrics, self._prefix, self.LOGGER_JOIN_CHAR)
-        values, nested = [], {}
+        event = Event()  # the values are added in place: no copies of a Summary
+        values, nested = event.summary.value, {}
         for tag, value in metrics.items():
             if isinstance(value, Tensor):
                 value = value.item()
@@ -152,13 +162,13 @@ class BatchedTensorBoardLogger(TensorBoardLogger):
                 nested[tag] = value
                 continue
             value = float(value)
-            values.append(Summary.Value(tag=tag, simple_value=value))
+            values.add(tag=tag, simple_value=value)
             if self._log10_parts and value > 0 and math.isfinite(value):
                 companion = self._log10_tag(tag)
                 if companion is not None:
-                    values.append(Summary.Value(tag=companion, simple_value=math.log10(value)))
+                    values.add(tag=companion, simple_value=math.log10(value))
         if values:
-            self.experiment._get_file_writer().add_summary(Summary(value=values), step)
+            self.experiment._get_file_writer().add_event(event, step)
         if nested:
             super().log_metrics(nested, step)
 

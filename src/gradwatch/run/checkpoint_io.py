@@ -195,6 +195,12 @@ class ModelCheckpoint(pl_callbacks.ModelCheckpoint):
         self.min_interval_s = min_interval_s
         self._saved_at: float | None = None
 
+    def on_train_batch_end(self, trainer: Any, *args: Any, **kwargs: Any) -> None:
+        # Saves by step or by time only: without either Lightning's hook saves nothing, but
+        # checks the trainer's state first (30 us a step).
+        if self._every_n_train_steps >= 1 or self._train_time_interval is not None:
+            super().on_train_batch_end(trainer, *args, **kwargs)
+
     def _should_skip_saving_checkpoint(self, trainer: Any) -> bool:
         return super()._should_skip_saving_checkpoint(trainer) or self._too_soon(trainer)
 
