@@ -3,6 +3,8 @@ the end of fit is always saved."""
 
 from __future__ import annotations
 
+import datetime
+
 import lightning as L
 import pytest
 import torch
@@ -11,10 +13,10 @@ from lightning.pytorch.demos.boring_classes import BoringModel
 from gradwatch.run.checkpoint_io import ModelCheckpoint
 
 
-def saved_steps(tmp_path, interval) -> list[int]:
+def saved_steps(tmp_path, interval, **kwargs) -> list[int]:
     torch.manual_seed(0)
     checkpoint = ModelCheckpoint(
-        dirpath=tmp_path, filename="{step}", save_top_k=-1, min_interval_s=interval
+        dirpath=tmp_path, filename="{step}", save_top_k=-1, min_interval_s=interval, **kwargs
     )
     trainer = L.Trainer(
         max_epochs=5,
@@ -41,3 +43,15 @@ def test_an_interval_skips_the_epochs_between_and_keeps_the_last(tmp_path):
 def test_a_negative_interval_is_refused():
     with pytest.raises(ValueError, match="min_interval_s must be >= 0 or null, got -1"):
         ModelCheckpoint(min_interval_s=-1)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "expected"),
+    [
+        ({"every_n_train_steps": 3}, [3, 6, 9]),
+        ({"train_time_interval": datetime.timedelta(0)}, list(range(1, 11))),
+    ],
+)
+def test_saves_by_step_or_by_time_still_happen(tmp_path, kwargs, expected):
+    # The subclass skips Lightning's per-batch check only when neither is set.
+    assert saved_steps(tmp_path, None, **kwargs) == expected

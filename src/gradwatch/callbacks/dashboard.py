@@ -4,8 +4,8 @@ W&B run summary) and W&B charts of every layer's gradient norm."""
 from __future__ import annotations
 
 import math
-import time
 from pathlib import Path
+from time import monotonic
 from typing import Any
 
 import lightning as L
@@ -93,7 +93,7 @@ class DashboardCallback(L.Callback):
         # Judging reads every signal (0.15 ms on a small net): at most every JUDGE_EVERY_S
         # seconds, which is still more often than TensorBoard reloads. The end of fit judges
         # again whatever the time.
-        now = time.monotonic()
+        now = monotonic()
         if now - self._judged_at < JUDGE_EVERY_S:
             return
         self._seen, self._judged_at = len(grad.ratios), now
