@@ -5,8 +5,7 @@ from __future__ import annotations
 import lightning as L
 from lightning.pytorch.demos.boring_classes import BoringModel
 
-from gradwatch.callbacks import GradientNormCallback
-from gradwatch.callbacks import dashboard
+from gradwatch.callbacks import GradientNormCallback, dashboard
 from gradwatch.callbacks.dashboard import JUDGE_EVERY_S, DashboardCallback
 
 SECONDS_PER_BATCH = 0.25
@@ -25,9 +24,13 @@ def test_the_verdict_is_judged_at_most_once_a_second_and_at_the_end(tmp_path, mo
     monkeypatch.setattr(dashboard, "monotonic", lambda: Clock.now)
     Clock.now = 0.0
     grad = GradientNormCallback(log_every_n_steps=1, dirpath=tmp_path)
-    judged = []
-    diagnosis = grad.diagnosis
-    monkeypatch.setattr(grad, "diagnosis", lambda: judged.append(trainer.global_step) or diagnosis())
+    judged, diagnosis = [], grad.diagnosis
+
+    def judge():
+        judged.append(trainer.global_step)
+        return diagnosis()
+
+    monkeypatch.setattr(grad, "diagnosis", judge)
     trainer = L.Trainer(
         max_steps=10,
         limit_val_batches=0,
