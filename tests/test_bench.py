@@ -95,13 +95,13 @@ def test_training_rows_measure_the_stack_and_the_plain_loop(tmp_path):
     assert list((tmp_path).glob("*/grad_norms.csv")), "the stack ran with its default callbacks"
 
 
-def test_interleaved_medians_rotate_the_order():
+def test_interleaved_rounds_rotate_the_order():
     calls: list[str] = []
     values = {"a": iter([1.0, 5.0, 3.0]), "b": iter([2.0, 2.0, 9.0])}
     variants = {
         name: (lambda name=name: calls.append(name) or next(values[name])) for name in values
     }
-    assert training.interleaved_medians(variants, repeats=3) == {"a": 3.0, "b": 2.0}
+    assert training.interleaved(variants, repeats=3) == {"a": [1.0, 5.0, 3.0], "b": [2.0, 2.0, 9.0]}
     assert calls == ["a", "b", "b", "a", "a", "b"]
 
 
@@ -162,3 +162,13 @@ def test_rows_against_name_every_row_and_compare_all_but_the_baseline():
         ("sigmoid: gradwatch", "sigmoid: plain loop", "default callbacks", 3),
     ]
     assert with_ratios(rows)[1].ratio == 0.8
+
+
+def test_ratios_are_taken_round_by_round_and_values_are_medians():
+    # The host slows by half in the middle round: both variants' medians move, their ratio
+    # within each round does not.
+    rounds = {"plain": [10.0, 5.0, 10.0], "fast": [12.0, 6.0, 12.0], "dur": [2.0, 4.0, 2.5]}
+    rows = with_ratios(rows_against("g", rounds, "plain", "steps/s", 3))
+    assert [(r.value, r.ratio) for r in rows] == [(10.0, None), (12.0, 1.2), (2.5, 0.25)]
+    seconds = rows_against("g", {"a": [2.0, 4.0], "b": [1.0, 1.0]}, "a", "s", 2)
+    assert with_ratios(seconds)[1].ratio == pytest.approx(3.0)  # durations: base / value

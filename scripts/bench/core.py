@@ -37,7 +37,7 @@ class Row:
 
 def rows_against(
     group: str,
-    values: dict[str, float],
+    values: dict[str, float] | dict[str, list[float]],
     baseline: str,
     unit: str,
     repeats: int,
@@ -45,19 +45,35 @@ def rows_against(
     notes: dict[str, str] | None = None,
 ) -> list[Row]:
     """One row per ``name -> value``, named ``prefix + name``; each row but the
-    ``baseline``'s own is compared with it."""
-    return [
-        Row(
+    ``baseline``'s own is compared with it.
+
+    Given each variant's values round by round (:func:`scripts.bench.training.interleaved`),
+    a row shows the median value, and its ratio is the median of the rounds' own ratios: a
+    round's variants run minutes apart at most, while the host's speed drifts by 10 to 40%
+    over a group, which moves each variant's median but not the ratio within a round.
+    """
+    rows = []
+    for name, value in values.items():
+        row = Row(
             group,
             prefix + name,
-            value,
+            statistics.median(value) if isinstance(value, list) else value,
             unit,
             baseline=None if name == baseline else prefix + baseline,
             repeats=repeats,
             note=(notes or {}).get(name, ""),
         )
-        for name, value in values.items()
-    ]
+        base = values[baseline]
+        if row.baseline and isinstance(value, list) and isinstance(base, list):
+            pairs = [_ratio(v, b, unit) for v, b in zip(value, base) if v and b]
+            row.ratio = statistics.median(pairs) if pairs else None
+        rows.append(row)
+    return rows
+
+
+def _ratio(value: float, base: float, unit: str) -> float:
+    """Above 1: faster than the baseline (a higher rate, or a shorter duration)."""
+    return value / base if unit != "s" else base / value
 
 
 def pin_threads(n: int = 1) -> None:
@@ -81,14 +97,13 @@ def median_time(fn: Callable[[], object], repeats: int, warmup: int = 1) -> floa
 
 
 def with_ratios(rows: list[Row]) -> list[Row]:
-    """Fill ``ratio`` for every row that names a baseline row of its group."""
+    """Fill ``ratio`` for every row that names a baseline row of its group and has none."""
     by_name = {(r.group, r.name): r for r in rows}
     for row in rows:
         base = by_name.get((row.group, row.baseline)) if row.baseline else None
-        if base is None or not base.value or not row.value:
-            continue
-        faster_is_bigger = row.unit != "s"
-        row.ratio = row.value / base.value if faster_is_bigger else base.value / row.value
+        if row.ratio is not None or base is None or not base.value or not row.value:
+            continue  # a ratio already taken round by round stays
+        row.ratio = _ratio(row.value, base.value, row.unit)
     return rows
 
 

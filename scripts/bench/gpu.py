@@ -41,7 +41,7 @@ def training_rows(precision: str, repeats: int, quick: bool, log_dir: str, devic
     )
     amp = PRECISIONS[precision]
     plain = f"{precision} residual: plain loop"
-    medians = training.interleaved_medians(
+    rounds = training.interleaved(
         {
             plain: lambda: training.plain_loop_steps_per_s(
                 cfg, warmup, epochs, fused=True, device=device, amp=amp
@@ -52,7 +52,7 @@ def training_rows(precision: str, repeats: int, quick: bool, log_dir: str, devic
         },
         repeats,
     )
-    return rows_against(GROUP, medians, plain, "steps/s", repeats)
+    return rows_against(GROUP, rounds, plain, "steps/s", repeats)
 
 
 def resnet_rows(precision: str, repeats: int, quick: bool, root: str, accelerator: str):
@@ -61,7 +61,7 @@ def resnet_rows(precision: str, repeats: int, quick: bool, root: str, accelerato
         variant, steps, root, accelerator=accelerator, precision=precision
     )
     rate("none")  # warm-up: kernels, allocator
-    rates = training.interleaved_medians({v: lambda v=v: rate(v) for v in VARIANTS}, repeats)
+    rates = training.interleaved({v: lambda v=v: rate(v) for v in VARIANTS}, repeats)
     return rows_against(GROUP, rates, "none", "steps/s", repeats, f"{precision} resnet18/")
 
 

@@ -28,7 +28,9 @@ and Adam(lr=1e-3) on both sides:
 
 Steps/s are taken over whole epochs after one warm-up epoch, so per-epoch costs (the
 checkpoint, the DataLoader's reshuffle) count and one-off start-up does not. Variants run
-interleaved, ``repeats`` rounds each, and the median is reported. Times are wall time,
+interleaved, ``repeats`` rounds each: a row shows its median, and its ratio is the median
+of the rounds' own ratios (each round's variants run within a minute or so, while the host's
+speed drifts over the group; see ``scripts.bench.core.rows_against``). Times are wall time,
 or CPU time of this process with ``--clock cpu`` (one torch thread, so CPU time is the work
 done, whatever else shares the machine).
 """
@@ -240,8 +242,8 @@ def compile_works() -> str | None:
     return None
 
 
-def interleaved_medians(variants: dict[str, Callable[[], float]], repeats: int) -> dict[str, float]:
-    """Median of each variant over ``repeats`` rounds, variants in a rotating order.
+def interleaved(variants: dict[str, Callable[[], float]], repeats: int) -> dict[str, list[float]]:
+    """Each variant's value in each of ``repeats`` rounds, variants in a rotating order.
 
     Rotating spreads the machine's slow moments (other jobs) over all variants instead of
     charging them to whichever ran at that time.
@@ -251,7 +253,7 @@ def interleaved_medians(variants: dict[str, Callable[[], float]], repeats: int) 
     for r in range(repeats):
         for name in names[r % len(names) :] + names[: r % len(names)]:
             results[name].append(variants[name]())
-    return {name: statistics.median(values) for name, values in results.items()}
+    return results
 
 
 def network_rows(workload: str, repeats: int, quick: bool, log_dir: str) -> list[Row]:
@@ -299,8 +301,8 @@ def network_rows(workload: str, repeats: int, quick: bool, log_dir: str) -> list
             variants["plain loop, torch.compile"] = lambda: plain_loop_steps_per_s(
                 cfg, warmup, epochs, compiled=True
             )
-    medians = interleaved_medians(variants, repeats)
-    rows = rows_against(GROUP, medians, "plain loop", "steps/s", repeats, f"{workload}: ", notes)
+    rounds = interleaved(variants, repeats)
+    rows = rows_against(GROUP, rounds, "plain loop", "steps/s", repeats, f"{workload}: ", notes)
     if compile_note:
         rows.append(
             Row(GROUP, f"{workload}: plain loop, torch.compile", 0.0, "steps/s", note=compile_note)
@@ -322,7 +324,7 @@ def flush_denormal_rows(repeats: int, quick: bool, log_dir: str) -> list[Row]:
         f"{name}, flush_denormal": compose_config("sigmoid", log_dir, *deep, "flush_denormal=true"),
     }
     variants = {k: (lambda c=c: stack_steps_per_s(c, warmup, epochs)) for k, c in cfgs.items()}
-    return rows_against(GROUP, interleaved_medians(variants, repeats), name, "steps/s", repeats)
+    return rows_against(GROUP, interleaved(variants, repeats), name, "steps/s", repeats)
 
 
 def nvml_probe_rows(repeats: int, probe_dropped: bool) -> list[Row]:
@@ -341,7 +343,7 @@ def nvml_probe_rows(repeats: int, probe_dropped: bool) -> list[Row]:
 
     if not probe_dropped:  # torch counts GPUs through NVML here (or has no CUDA): one row
         return [Row(GROUP, name, timed(False), "steps/s", repeats=5)]
-    steps = interleaved_medians({name: lambda: timed(False), probed: lambda: timed(True)}, repeats)
+    steps = interleaved({name: lambda: timed(False), probed: lambda: timed(True)}, repeats)
     notes = {probed: "as after `import lightning` on a machine without NVIDIA's driver"}
     return rows_against(GROUP, steps, name, "steps/s", repeats, notes=notes)
 
