@@ -38,7 +38,6 @@ done, whatever else shares the machine).
 from __future__ import annotations
 
 import os
-import statistics
 import tempfile
 import time
 from collections.abc import Callable
