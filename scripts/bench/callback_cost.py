@@ -28,9 +28,9 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from gradwatch.callbacks import GradientNormCallback
 from gradwatch.loggers.tensorboard import BatchedTensorBoardLogger
-from scripts.bench.core import Row, quiet, with_ratios
+from scripts.bench.core import Row, quiet, rows_against, with_ratios
 from scripts.bench.grad_norm import LightningGradNorm
-from scripts.bench.training import synchronize
+from scripts.bench.training import interleaved, synchronize
 
 GROUP = "callback_cost"
 
@@ -114,14 +114,15 @@ def deep520(repeats: int, quick: bool) -> list[Row]:
     return rows
 
 
-RESNET_VARIANTS = {  # name -> baseline
-    "none": None,
-    "gradwatch": "none",
-    "gradwatch_grads_only": "none",
-    "gradwatch_every_50": "none",
-    "lightning_grad_norm": "none",
-    "wandb_watch": "none",
-}
+#: Each compared with "none", round by round.
+RESNET_VARIANTS = (
+    "none",
+    "gradwatch",
+    "gradwatch_grads_only",
+    "gradwatch_every_50",
+    "lightning_grad_norm",
+    "wandb_watch",
+)
 
 
 def resnet_rate(
@@ -165,23 +166,11 @@ def resnet18(repeats: int, quick: bool) -> list[Row]:
     os.environ.setdefault("WANDB_MODE", "offline")
     os.environ.setdefault("WANDB_SILENT", "true")
     steps = 12 if quick else 30
-    rates: dict[str, list[float]] = {v: [] for v in RESNET_VARIANTS}
     with tempfile.TemporaryDirectory() as root:
         resnet_rate("none", steps, root)  # warm-up: one-off costs (allocator, kernels)
-        for _ in range(max(1, repeats)):
-            for variant in RESNET_VARIANTS:
-                rates[variant].append(resnet_rate(variant, steps, root))
-    return [
-        Row(
-            GROUP,
-            f"resnet18/{variant}",
-            statistics.median(rates[variant]),
-            "steps/s",
-            baseline=f"resnet18/{baseline}" if baseline else None,
-            repeats=max(1, repeats),
-        )
-        for variant, baseline in RESNET_VARIANTS.items()
-    ]
+        variants = {v: (lambda v=v: resnet_rate(v, steps, root)) for v in RESNET_VARIANTS}
+        rounds = interleaved(variants, max(1, repeats))
+    return rows_against(GROUP, rounds, "none", "steps/s", max(1, repeats), "resnet18/")
 
 
 def run(repeats: int = 3, quick: bool = False) -> list[Row]:
