@@ -215,3 +215,41 @@ def test_stats_of_a_torchvision_resnet_match_its_relu_outputs(tmp_path):
         for stat, value in expected.items():
             logged = log.values(f"activation/net.{name}/{stat}")
             assert logged == {0: pytest.approx(value, rel=1e-4, abs=1e-6)}, (name, stat)
+
+
+class RunOrder(nn.Module):
+    """ReLU, tanh, ReLU in that order: the two ReLUs share a (kind, shape) group, so they are
+    measured together, before the tanh. Every other forward halves the width (new shapes)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.inp = nn.Linear(64, 48)
+        self.first, self.tanh, self.second = nn.ReLU(), nn.Tanh(), nn.ReLU()
+        self.out = nn.Linear(48, 10)
+        self.kept: list[dict[str, torch.Tensor]] = []
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        width = 48 if len(self.kept) % 2 == 0 else 24
+        h = self.inp(x.flatten(1))[:, :width]
+        outs = {"first": self.first(h), "tanh": self.tanh(h[:, :16]), "second": self.second(-h)}
+        self.kept.append({k: v.detach().clone() for k, v in outs.items()})
+        extra = sum(v.sum(1, keepdim=True) for v in outs.values())
+        return self.out(nn.functional.pad(h, (0, 48 - width))) + extra
+
+
+def test_modules_are_reported_in_the_order_they_ran_whatever_the_shapes(tmp_path):
+    callback = ActivationStatsCallback(log_every_n_steps=1)
+    net, log = fit(tmp_path, callback, steps=3, net=RunOrder())
+    names = ["first", "tanh", "second"]
+    for step in range(3):  # widths 48, 24, 48: buffers of a new shape, then the old again
+        for name in names:
+            out = net.kept[step][name]
+            assert log.values(f"activation/net.{name}/mean")[step] == pytest.approx(
+                out.mean().item(), rel=1e-5, abs=1e-7
+            )
+            assert log.values(f"activation/net.{name}/std")[step] == pytest.approx(
+                out.std().item(), rel=1e-5, abs=1e-7
+            )
+    # The verdict's signals list the modules input side first: the order they ran.
+    first_std = [net.kept[0][name].std().item() for name in names]
+    assert callback.signals()["activation_std"] == pytest.approx(first_std, rel=1e-5)

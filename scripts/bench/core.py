@@ -48,9 +48,10 @@ def rows_against(
     ``baseline``'s own is compared with it.
 
     Given each variant's values round by round (:func:`scripts.bench.training.interleaved`),
-    a row shows the median value, and its ratio is the median of the rounds' own ratios: a
-    round's variants run minutes apart at most, while the host's speed drifts by 10 to 40%
-    over a group, which moves each variant's median but not the ratio within a round.
+    a row shows the median value, and its ratio is the median of the rounds' own ratios (so
+    not always the quotient of the medians shown): a round's variants run close together,
+    while the host's speed drifts by 10 to 40% over a group, which moves each variant's
+    median far more than the ratio within a round.
     """
     rows = []
     for name, value in values.items():

@@ -29,8 +29,8 @@ and Adam(lr=1e-3) on both sides:
 Steps/s are taken over whole epochs after one warm-up epoch, so per-epoch costs (the
 checkpoint, the DataLoader's reshuffle) count and one-off start-up does not. Variants run
 interleaved, ``repeats`` rounds each: a row shows its median, and its ratio is the median
-of the rounds' own ratios (each round's variants run within a minute or so, while the host's
-speed drifts over the group; see ``scripts.bench.core.rows_against``). Times are wall time,
+of the rounds' own ratios (a round's variants run close together, while the host's speed
+drifts over the group; see ``scripts.bench.core.rows_against``). Times are wall time,
 or CPU time of this process with ``--clock cpu`` (one torch thread, so CPU time is the work
 done, whatever else shares the machine).
 """

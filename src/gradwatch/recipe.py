@@ -30,6 +30,8 @@ def build_model(cfg: DictConfig) -> tuple[L.LightningDataModule, L.LightningModu
     if cfg.get("torch_threads"):
         torch.set_num_threads(int(cfg.torch_threads))
     torch.set_flush_denormal(bool(cfg.get("flush_denormal", False)))
+    if cfg.get("keep_freed_memory", True):
+        keep_freed_memory()  # no page faults on memory each step frees and the next reuses
     L.seed_everything(cfg.seed, workers=True)
     datamodule = instantiate(cfg.data)
     shape = {"input_shape": datamodule.input_shape, "num_classes": datamodule.num_classes}
@@ -49,7 +51,6 @@ def build_trainer(
     loggers = _loggers(cfg, log_from)
     log_run_config(loggers, cfg)  # dashboards: the resolved config as hyperparameters
     skip_missing_nvml()  # no failing NVML dlopen in every optimizer step on CPU machines
-    keep_freed_memory()  # no page faults on memory each step frees and the next reuses
     return instantiate(
         cfg.trainer, callbacks=[*configured, *(callbacks or [])], logger=loggers or False
     )

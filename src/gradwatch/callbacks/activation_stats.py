@@ -43,7 +43,8 @@ PENDING_NUMEL = 1 << 22
 class _Kept:
     """Small outputs of one kind, shape, dtype and device, copied as their modules run into
     rows of one buffer that later logging steps reuse: measured a few operations per group
-    instead of several per module, with no memory allocated and freed on every logging step."""
+    instead of several per module, and (float32 outputs) with no memory allocated and freed
+    on every logging step. Not for hooks run from several threads (``nn.DataParallel``)."""
 
     def __init__(self) -> None:
         self.buffer: torch.Tensor | None = None
@@ -54,7 +55,9 @@ class _Kept:
     def append(self, name: str, output: torch.Tensor) -> None:
         rows = len(self.names)
         if self.buffer is None or rows == len(self.buffer):  # first use, or full: double it
-            grown = output.new_empty((max(2 * rows, 1), *output.shape))
+            # ...up to the rows measured at once (PENDING_NUMEL), plus one.
+            most = max(rows + 1, PENDING_NUMEL // output.numel() + 1)
+            grown = output.new_empty((min(max(2 * rows, 1), most), *output.shape))
             if rows:
                 grown[:rows].copy_(self.buffer)
             self.buffer = grown
@@ -229,7 +232,7 @@ class ActivationStatsCallback(L.Callback):
         rows = torch.cat([r for _, r in self._rows]).tolist()  # one device-to-host transfer
         self._rows = []
         # In the order the modules first ran; a module called several times per forward
-        # gets the mean of its calls.
+        # gets the mean of its calls (in float64, on the host).
         calls: dict[str, list[list[float]]] = {name: [] for name in self._ran}
         for name, row in zip(measured, rows):
             calls[name].append(row)

@@ -87,16 +87,17 @@ class DashboardCallback(L.Callback):
 
     @rank_zero_only
     def on_train_batch_end(self, trainer: L.Trainer, *args: Any) -> None:
-        grad = self._grad
-        if grad is None or len(grad.ratios) == self._seen:
-            return
-        # Judging reads every signal (0.15 ms on a small net): at most every JUDGE_EVERY_S
-        # seconds, which is still more often than TensorBoard reloads. The end of fit judges
-        # again whatever the time.
+        # Judging reads every signal (0.15 ms on a small net; with several optimizers even
+        # counting the logged ratios judges each one): at most every JUDGE_EVERY_S seconds,
+        # still more often than TensorBoard reloads, so the step at which a new verdict is
+        # shown depends on the clock. The end of fit judges again whatever the time.
         now = monotonic()
-        if now - self._judged_at < JUDGE_EVERY_S:
+        if self._grad is None or now - self._judged_at < JUDGE_EVERY_S:
             return
-        self._seen, self._judged_at = len(grad.ratios), now
+        grad, self._judged_at = self._grad, now
+        if len(grad.ratios) == self._seen:  # nothing logged since
+            return
+        self._seen = len(grad.ratios)
         diagnosis = grad.diagnosis()
         if self._shown is None or diagnosis.verdict != self._shown[0]:
             self._show(trainer, diagnosis)

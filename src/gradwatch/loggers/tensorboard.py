@@ -22,6 +22,8 @@ from gradwatch.loggers.naming import dir_name
 
 EVENTS_GLOB = "events.out.tfevents.*"
 LOG10 = "log10_"
+#: Tags whose log10 companion is remembered (a run logs a few thousand at most).
+LOG10_TAGS_KEPT = 100_000
 
 
 def use_c_crc32c() -> bool:
@@ -140,6 +142,8 @@ class BatchedTensorBoardLogger(TensorBoardLogger):
             if at >= 0:
                 companion = f"{tag[: at + 1]}{LOG10}{tag[at + 1 :]}"
                 break
+        if len(self._log10_tags) >= LOG10_TAGS_KEPT:  # tags made up on the fly: start over
+            self._log10_tags.clear()
         self._log10_tags[tag] = companion
         return companion
 
