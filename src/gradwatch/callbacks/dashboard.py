@@ -44,7 +44,8 @@ class DashboardCallback(L.Callback):
     """Puts the ``GradientNormCallback``'s verdict where people look, through the loggers.
 
     - TensorBoard: the verdict and its advice as text (tag ``verdict``, TEXT tab), written
-      when the verdict changes and at the end of fit; at the end, the scalars
+      when the verdict changes (looked at most once a second) and at the end of fit; at
+      the end, the scalars
       ``verdict/initial_first_last_ratio``, ``verdict/final_first_last_ratio``,
       ``verdict/first_last_ratio`` (the judged median) and ``verdict/code`` (-1 vanishing,
       0 healthy, 1 exploding, 2 non-finite) that the HPARAMS tab shows beside each run's
