@@ -16,7 +16,7 @@ import pytest
 import scripts.bench
 from scripts.bench import __main__ as harness
 from scripts.bench import gpu, process, sweep, training
-from scripts.bench.core import rows_against, with_ratios
+from scripts.bench.core import interleaved, rows_against, with_ratios
 
 TINY_GROUP = textwrap.dedent(
     """
@@ -101,7 +101,7 @@ def test_interleaved_rounds_rotate_the_order():
     variants = {
         name: (lambda name=name: calls.append(name) or next(values[name])) for name in values
     }
-    assert training.interleaved(variants, repeats=3) == {"a": [1.0, 5.0, 3.0], "b": [2.0, 2.0, 9.0]}
+    assert interleaved(variants, repeats=3) == {"a": [1.0, 5.0, 3.0], "b": [2.0, 2.0, 9.0]}
     assert calls == ["a", "b", "b", "a", "a", "b"]
 
 

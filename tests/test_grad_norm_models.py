@@ -633,3 +633,80 @@ def test_the_verdict_reads_the_logged_loss_a_network_that_does_not_learn_is_not_
     assert 1e-2 < summary["median_first_last_ratio"] < 1e2  # the ratio alone says healthy
     assert (summary["diagnosis"], summary["stalled"]) == ("vanishing", True)
     assert any("did not fall" in r or "negligible" in r for r in summary["reasons"])
+
+
+# -- activation statistics on models we did not write -----------------------------------------
+class OutputProbe(L.Callback):
+    """Independent record of every output of each ``kinds`` module in the first batch."""
+
+    def __init__(self, *kinds: type[nn.Module]) -> None:
+        self.kinds, self.outputs, self.dtypes, self.recording = kinds, {}, {}, False
+
+    def on_fit_start(self, trainer, pl_module):
+        for name, module in pl_module.named_modules():
+            if isinstance(module, self.kinds):
+                module.register_forward_hook(self._keep(name))
+
+    def _keep(self, name):
+        def keep(module, args, output):
+            if self.recording:
+                self.outputs.setdefault(name, []).append(output.detach().double().clone())
+                self.dtypes[name] = output.dtype
+
+        return keep
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        self.recording = batch_idx == 0
+
+    def expected(self, name: str, stat: str) -> float:
+        """The mean over the module's calls of each call's statistic."""
+        of_call = {
+            "mean": lambda o: o.mean(),
+            "std": lambda o: o.std(),
+            "dead": lambda o: (o.reshape(o.shape[0], -1) == 0).all(dim=0).double().mean(),
+        }[stat]
+        per_call = [of_call(o).item() for o in self.outputs[name]]
+        return sum(per_call) / len(per_call)
+
+
+def test_activations_of_a_gan_measured_across_its_two_backward_passes(tmp_path):
+    # The discriminator's ReLU runs three times a step: once before the generator's backward
+    # pass (measured then) and twice before the discriminator's (measured at that one).
+    torch.manual_seed(0)
+    probe, log = OutputProbe(nn.ReLU), MemoryLogger()
+    cb = ActivationStatsCallback(log_every_n_steps=1)
+    trainer(tmp_path, [probe, cb], max_steps=2, logger=log).fit(GAN(), loader(features=8))
+    assert [len(probe.outputs[n]) for n in ("generator.1", "discriminator.1")] == [1, 3]
+    for name in ("generator.1", "discriminator.1"):
+        for stat in ("mean", "std", "dead"):
+            assert log.values(f"activation/{name}/{stat}")[0] == pytest.approx(
+                probe.expected(name, stat), rel=1e-5, abs=1e-7
+            ), (name, stat)
+
+
+class GeluEncoder(EncoderClassifier):
+    """nn.TransformerEncoder with GELU modules (the default ReLU is called functionally)."""
+
+    def __init__(self):
+        super().__init__()
+        layer = nn.TransformerEncoderLayer(
+            16, 2, 32, dropout=0, batch_first=True, activation=nn.GELU()
+        )
+        self.encoder = nn.TransformerEncoder(layer, 2, enable_nested_tensor=False)
+
+
+def test_transformer_activations_under_bf16_autocast_are_measured_in_float32(tmp_path):
+    torch.manual_seed(0)
+    data = DataLoader(TensorDataset(torch.randint(0, 50, (32, 10)), torch.randint(0, 4, (32,))), 16)
+    probe, log = OutputProbe(nn.GELU), MemoryLogger()
+    cb = ActivationStatsCallback(log_every_n_steps=1)
+    t = trainer(tmp_path, [probe, cb], max_steps=1, logger=log, precision="bf16-mixed")
+    t.fit(GeluEncoder(), data)
+    names = ["encoder.layers.0.activation", "encoder.layers.1.activation"]
+    assert sorted(probe.outputs) == names
+    assert set(probe.dtypes.values()) == {torch.bfloat16}
+    for name in names:
+        for stat in ("mean", "std"):
+            assert log.values(f"activation/{name}/{stat}")[0] == pytest.approx(
+                probe.expected(name, stat), rel=1e-5, abs=1e-7
+            ), (name, stat)

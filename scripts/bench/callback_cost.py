@@ -28,9 +28,9 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from gradwatch.callbacks import GradientNormCallback
 from gradwatch.loggers.tensorboard import BatchedTensorBoardLogger
-from scripts.bench.core import Row, quiet, rows_against, with_ratios
+from scripts.bench.core import Row, interleaved, quiet, rows_against, with_ratios
 from scripts.bench.grad_norm import LightningGradNorm
-from scripts.bench.training import interleaved, synchronize
+from scripts.bench.training import synchronize
 
 GROUP = "callback_cost"
 

@@ -47,7 +47,7 @@ def rows_against(
     """One row per ``name -> value``, named ``prefix + name``; each row but the
     ``baseline``'s own is compared with it.
 
-    Given each variant's values round by round (:func:`scripts.bench.training.interleaved`),
+    Given each variant's values round by round (:func:`interleaved`),
     a row shows the median value, and its ratio is the median of the rounds' own ratios (so
     not always the quotient of the medians shown): a round's variants run close together,
     while the host's speed drifts by 10 to 40% over a group, which moves each variant's
@@ -75,6 +75,20 @@ def rows_against(
 def _ratio(value: float, base: float, unit: str) -> float:
     """Above 1: faster than the baseline (a higher rate, or a shorter duration)."""
     return value / base if unit != "s" else base / value
+
+
+def interleaved(variants: dict[str, Callable[[], float]], repeats: int) -> dict[str, list[float]]:
+    """Each variant's value in each of ``repeats`` rounds, variants in a rotating order.
+
+    Rotating spreads the machine's slow moments (other jobs) over all variants instead of
+    charging them to whichever ran at that time.
+    """
+    names = list(variants)
+    results: dict[str, list[float]] = {name: [] for name in names}
+    for r in range(repeats):
+        for name in names[r % len(names) :] + names[: r % len(names)]:
+            results[name].append(variants[name]())
+    return results
 
 
 def pin_threads(n: int = 1) -> None:

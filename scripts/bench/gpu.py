@@ -21,7 +21,7 @@ from dataclasses import replace
 import torch
 
 from scripts.bench import callback_cost, training
-from scripts.bench.core import Row, quiet, rows_against, with_ratios
+from scripts.bench.core import Row, interleaved, quiet, rows_against, with_ratios
 
 GROUP = "gpu"
 PRECISIONS = {"32-true": None, "16-mixed": torch.float16, "bf16-mixed": torch.bfloat16}
@@ -41,7 +41,7 @@ def training_rows(precision: str, repeats: int, quick: bool, log_dir: str, devic
     )
     amp = PRECISIONS[precision]
     plain = f"{precision} residual: plain loop"
-    rounds = training.interleaved(
+    rounds = interleaved(
         {
             plain: lambda: training.plain_loop_steps_per_s(
                 cfg, warmup, epochs, fused=True, device=device, amp=amp
@@ -61,7 +61,7 @@ def resnet_rows(precision: str, repeats: int, quick: bool, root: str, accelerato
         variant, steps, root, accelerator=accelerator, precision=precision
     )
     rate("none")  # warm-up: kernels, allocator
-    rates = training.interleaved({v: lambda v=v: rate(v) for v in VARIANTS}, repeats)
+    rates = interleaved({v: lambda v=v: rate(v) for v in VARIANTS}, repeats)
     return rows_against(GROUP, rates, "none", "steps/s", repeats, f"{precision} resnet18/")
 
 

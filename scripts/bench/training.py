@@ -58,7 +58,7 @@ import gradwatch
 from gradwatch.recipe import build_model, build_trainer
 from gradwatch.run.cuda_probe import NVML_CHECK, skip_missing_nvml
 from gradwatch.run.heap import frozen_heap
-from scripts.bench.core import Row, median_time, quiet, rows_against
+from scripts.bench.core import Row, interleaved, median_time, quiet, rows_against
 from tests.fake_vision import write_mnist  # MNIST's own IDX files, random pixels
 
 GROUP = "training"
@@ -239,20 +239,6 @@ def compile_works() -> str | None:
     except Exception as err:  # inductor needs a working C++ toolchain
         return f"torch.compile unavailable: {type(err).__name__}: {str(err)[:120]}"
     return None
-
-
-def interleaved(variants: dict[str, Callable[[], float]], repeats: int) -> dict[str, list[float]]:
-    """Each variant's value in each of ``repeats`` rounds, variants in a rotating order.
-
-    Rotating spreads the machine's slow moments (other jobs) over all variants instead of
-    charging them to whichever ran at that time.
-    """
-    names = list(variants)
-    results: dict[str, list[float]] = {name: [] for name in names}
-    for r in range(repeats):
-        for name in names[r % len(names) :] + names[: r % len(names)]:
-            results[name].append(variants[name]())
-    return results
 
 
 def network_rows(workload: str, repeats: int, quick: bool, log_dir: str) -> list[Row]:
