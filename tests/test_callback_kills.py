@@ -1430,13 +1430,13 @@ def test_to_host_reduces_weighted_powers_over_the_ranks(monkeypatch, p):
     monkeypatch.setattr(dist, "all_reduce", all_reduce)
     norms = torch.tensor([2.0, 3.0, 4.0])
     got = N.to_host(norms, p, [1.0, 0.0, 0.5])
-    assert got.dtype == torch.float64 and got.device.type == "cpu"
+    assert all(type(v) is float for v in got)
     if p == math.inf:
         assert ops == [dist.ReduceOp.MAX]
-        assert got.tolist() == [2.0, 7.0, 2.0]
+        assert got == [2.0, 7.0, 2.0]
     else:
         assert ops == [dist.ReduceOp.SUM]
-        assert got.tolist() == pytest.approx([2.0**p + 1.0, 7.0, 0.5 * 4.0**p + 2.0])
+        assert got == pytest.approx([2.0**p + 1.0, 7.0, 0.5 * 4.0**p + 2.0])
 
 
 def test_tensor_norms_in_float32_on_the_asked_device():

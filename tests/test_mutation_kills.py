@@ -995,15 +995,24 @@ def test_norms_per_tensor_then_per_group(p):
     want = [float(torch.linalg.vector_norm(t.double(), p)) for t in tensors]
     assert per_tensor.tolist() == pytest.approx(want, rel=1e-3)
     powers = N.to_host(per_tensor, p, None)
-    assert powers.dtype == torch.float64
+    assert all(type(v) is float for v in powers)
     exact = [float(v) for v in per_tensor]
-    assert powers.tolist() == pytest.approx(exact if p == math.inf else [v**p for v in exact])
+    assert powers == pytest.approx(exact if p == math.inf else [v**p for v in exact])
     # tensors 0 and 3 form group 0, tensor 1 group 2; group 1 has none
-    grouped = N.group(powers, torch.tensor([0, 2, 1, 0]), 4, p)
+    grouped = N.group(powers, [0, 2, 1, 0], 4, p)
     flat = [torch.cat([tensors[0].flatten(), tensors[3]]), tensors[1], tensors[2].float()]
     want = [float(torch.linalg.vector_norm(t.double(), p)) for t in flat]
     assert grouped == pytest.approx([want[0], want[2], want[1], 0.0], rel=1e-3)
     assert N.tensor_norms([], p, torch.device("cpu")).shape == (0,)
+
+
+@pytest.mark.parametrize("p", [2.0, math.inf])
+def test_group_keeps_nan_and_inf_whatever_comes_after(p):
+    # a NaN first, between or last in its group; an inf beside a finite value
+    nan, inf = math.nan, math.inf
+    powers = [nan, 1.0, 4.0, 1.0, nan, 4.0, 1.0, 4.0, nan, inf, 9.0]
+    got = N.group(powers, [0, 0, 0, 1, 1, 1, 2, 2, 2, 3, 3], 5, p)
+    assert all(math.isnan(v) for v in got[:3]) and got[3:] == [math.inf, 0.0]
 
 
 def test_elements_finite():

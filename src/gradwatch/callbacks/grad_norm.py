@@ -241,6 +241,8 @@ class GradientNormCallback(L.Callback):
         self._resume_step: int | None = None
         self._amp_skipped: torch.Tensor | int = 0
         self._amp_before: torch.Tensor | None = None
+        self._several = False  # several optimizers: each counts its own steps
+        self._plugin_scaler: Any = None
         self.amp_scale: float | None = None
         self.losses: list[float] = []  # the training loss at each logging step
         self._chance_loss: float | None = None
@@ -274,6 +276,10 @@ class GradientNormCallback(L.Callback):
         self._activations = next(
             (c for c in trainer.callbacks if isinstance(c, ActivationStatsCallback)), None
         )
+        # Looked up once: the trainer's properties take microseconds, and the hooks below
+        # run on every step.
+        self._several = len(trainer.optimizers) > 1
+        self._plugin_scaler = getattr(trainer.precision_plugin, "scaler", None)
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         # Loops are restored by now: a resumed fit continues the file after this step.
@@ -287,19 +293,21 @@ class GradientNormCallback(L.Callback):
     def _logs_at(self, trainer: L.Trainer, step: int) -> bool:
         return logs_at(step, self.log_every_n_steps, trainer)
 
-    @staticmethod
-    def _own_step(trainer: L.Trainer, opt: _Optimizer) -> int:
+    def _own_step(self, trainer: L.Trainer, opt: _Optimizer) -> int:
         # One optimizer: the trainer's step (which a resume restores). Several: its own count.
-        return trainer.global_step if len(trainer.optimizers) < 2 else opt.steps
+        return opt.steps if self._several else trainer.global_step
 
     # -- depth order: measured on a logging step where some layer has no place yet ------
     def on_train_batch_start(self, trainer: L.Trainer, *args: Any) -> None:
         depth = self._depth
         if depth is None or depth.active:
             return
-        due = not self._opts or any(
-            self._logs_at(trainer, self._own_step(trainer, o)) for o in self._opts.values()
-        )
+        if not self._opts:  # the first step
+            due = True
+        elif self._several:
+            due = any(self._logs_at(trainer, o.steps) for o in self._opts.values())
+        else:
+            due = self._logs_at(trainer, trainer.global_step)
         if due and depth.wanted():  # a logging step only: wanted() looks at every open layer
             depth.start()
 
@@ -316,6 +324,11 @@ class GradientNormCallback(L.Callback):
             opt = _Optimizer(name=f"optimizer{index}")
             self._opts[id(optimizer)] = opt
             self._hooks.append(optimizer.register_step_post_hook(self._after_step))
+        return opt
+
+    def _refresh_params(self, trainer: L.Trainer, optimizer: torch.optim.Optimizer) -> None:
+        """The optimizer's parameters, looked at again on each logging step."""
+        opt = self._opts[id(optimizer)]
         signature = tuple(len(g["params"]) for g in optimizer.param_groups)
         if signature != opt.signature:  # new parameter groups (e.g. BackboneFinetuning)
             ids = [id(p) for g in optimizer.param_groups for p in g["params"]]
@@ -324,11 +337,10 @@ class GradientNormCallback(L.Callback):
             opt.signature, opt.version = signature, -1
             if first:
                 self._name_optimizers(trainer)
-        return opt
 
     def _name_optimizers(self, trainer: L.Trainer) -> None:
         for opt in self._opts.values():
-            if len(trainer.optimizers) < 2:
+            if not self._several:
                 opt.name = None
                 continue
             prefix = _common_prefix([self.layers[self._layer_of_param[i]].name for i in opt.params])
@@ -368,13 +380,17 @@ class GradientNormCallback(L.Callback):
             return
         self._settle(trainer)
         opt = self._optimizer(trainer, optimizer)
-        scaler = self._scaler(trainer)
+        if not opt.signature:  # its first step this fit: a resumed fit's history is restored
+            self._refresh_params(trainer, optimizer)
+        scaler = self._scaler()
         if scaler is not None:
             self._amp_before = scaler._scale.clone()
         step = self._own_step(trainer, opt)
         opt.steps += 1
-        if opt.params and self._logs_at(trainer, step):
-            self._measure(trainer, optimizer, opt, scaler, step)
+        if self._logs_at(trainer, step):
+            self._refresh_params(trainer, optimizer)
+            if opt.params:
+                self._measure(trainer, optimizer, opt, scaler, step)
 
     @torch.no_grad()
     def _measure(
@@ -409,9 +425,8 @@ class GradientNormCallback(L.Callback):
         if every and logs_at(step, every, trainer) and trainer.is_global_zero:
             self._log_histograms(trainer, opt, with_grad)
 
-    @staticmethod
-    def _scaler(trainer: L.Trainer) -> Any:
-        scaler = getattr(trainer.precision_plugin, "scaler", None)
+    def _scaler(self) -> Any:
+        scaler = self._plugin_scaler
         if scaler is None or not scaler.is_enabled() or getattr(scaler, "_scale", None) is None:
             return None
         return scaler
@@ -472,7 +487,7 @@ class GradientNormCallback(L.Callback):
 
     def _count_amp_skip(self, trainer: L.Trainer) -> bool:
         """Whether the step just taken was skipped by the gradient scaler (its scale fell)."""
-        scaler = self._scaler(trainer)
+        scaler = self._scaler()
         before, self._amp_before = self._amp_before, None
         if scaler is None or before is None:
             return False
@@ -503,9 +518,9 @@ class GradientNormCallback(L.Callback):
             if pending.stepped:
                 index += [2 * n + opt.slot[i] for i in opt.params]
         index += [3 * n + opt.slot[i] for i in pending.clipped or []]
-        values = group(powers, torch.tensor(index, dtype=torch.long), 4 * n, p)
+        values = group(powers, index, 4 * n, p)
         if isinstance(skipped, torch.Tensor):
-            self.amp_scale = float(self._scaler(trainer)._scale)
+            self.amp_scale = float(self._scaler()._scale)
             if bool(skipped):  # overflow: the scaler skipped the step and lowered its scale
                 self._log_amp(trainer, opt, pending.step)
                 return

@@ -46,25 +46,31 @@ def tensor_norms(tensors: list[torch.Tensor], p: float, device: torch.device) ->
         return torch.stack([n.to(device) for n in norms])
 
 
-def to_host(norms: torch.Tensor, p: float, weights: list[float] | None) -> torch.Tensor:
-    """The p-th powers of ``norms`` (the norms themselves for p = inf) in float64 on the
-    host: the one device-to-host transfer of a logging step. With sharded tensors the local
-    powers are first summed (max for p = inf) over all ranks in one collective."""
+def to_host(norms: torch.Tensor, p: float, weights: list[float] | None) -> list[float]:
+    """The p-th powers of ``norms`` (the norms themselves for p = inf) as Python floats
+    (float64): the one device-to-host transfer of a logging step. With sharded tensors the
+    local powers are first summed (max for p = inf) over all ranks in one collective."""
     if weights is None:
-        host = norms.cpu().double()
-        return host if p == math.inf else host.pow_(p)
+        host = norms.tolist()  # float32 -> float64 is exact
+        return host if p == math.inf else [v**p for v in host]
     powers = norms.double() if p == math.inf else norms.double().pow(p)
     powers *= torch.tensor(weights, dtype=powers.dtype, device=powers.device)
     dist.all_reduce(powers, op=dist.ReduceOp.MAX if p == math.inf else dist.ReduceOp.SUM)
-    return powers.cpu()
+    return powers.tolist()
 
 
-def group(powers: torch.Tensor, index: torch.Tensor, n: int, p: float) -> list[float]:
-    """Per-group norms from per-tensor powers (group ``index[i]`` gets ``powers[i]``)."""
+def group(powers: list[float], index: list[int], n: int, p: float) -> list[float]:
+    """Per-group norms from per-tensor powers (group ``index[i]`` gets ``powers[i]``), on
+    the host: a few dozen additions, which tensor operations would cost more to launch."""
+    out = [0.0] * n
     if p == math.inf:
-        out = torch.zeros(n, dtype=torch.float64).scatter_reduce(0, index, powers, "amax")
-        return out.tolist()
-    return torch.zeros(n, dtype=torch.float64).index_add_(0, index, powers).pow_(1 / p).tolist()
+        for i, v in zip(index, powers):
+            if v > out[i] or v != v:  # a NaN wins and stays
+                out[i] = v
+        return out
+    for i, v in zip(index, powers):
+        out[i] += v
+    return [v ** (1 / p) for v in out]
 
 
 def elements_finite(tensors: list[torch.Tensor]) -> bool:
