@@ -55,3 +55,24 @@ def test_a_negative_interval_is_refused():
 def test_saves_by_step_or_by_time_still_happen(tmp_path, kwargs, expected):
     # The subclass skips Lightning's per-batch check only when neither is set.
     assert saved_steps(tmp_path, None, **kwargs) == expected
+
+
+def test_state_key_is_lightnings_and_follows_its_settings(tmp_path):
+    """The key names the callback's state in checkpoints: it must stay Lightning's own
+    (resumes from checkpoints written without gradwatch) even though it is kept between calls."""
+    from lightning.pytorch.callbacks import ModelCheckpoint as LightningCheckpoint
+
+    settings = {"monitor": "val/loss", "mode": "max", "every_n_train_steps": 7}
+    ours = ModelCheckpoint(dirpath=tmp_path, min_interval_s=10, **settings)
+    assert ours.state_key == LightningCheckpoint(dirpath=tmp_path, **settings).state_key
+    ours.monitor = "train/loss"
+    assert (
+        ours.state_key
+        == LightningCheckpoint(dirpath=tmp_path, **{**settings, "monitor": "train/loss"}).state_key
+    )
+    hourly = datetime.timedelta(hours=1)
+    timed = ModelCheckpoint(dirpath=tmp_path, train_time_interval=hourly)
+    assert (
+        timed.state_key
+        == LightningCheckpoint(dirpath=tmp_path, train_time_interval=hourly).state_key
+    )

@@ -26,8 +26,10 @@ and Adam(lr=1e-3) on both sides:
   (:mod:`gradwatch.run.cuda_probe`): on machines without NVIDIA's driver our stack drops
   it, and the plain loop is timed without it, as a script that never imports Lightning.
 
-Steps/s are taken over whole epochs after one warm-up epoch, so per-epoch costs (the
-checkpoint, the DataLoader's reshuffle) count and one-off start-up does not. Variants run
+Steps/s are taken over whole epochs after one warm-up epoch, so per-epoch costs (a
+checkpoint every ``min_interval_s``, the DataLoader's reshuffle) count, and one-offs do not:
+start-up, and the fit's final checkpoint (:class:`EpochClock`), which the process group's
+whole-process row times. Variants run
 interleaved, ``repeats`` rounds each: a row shows its median, and its ratio is the median
 of the rounds' own ratios (a round's variants run close together, while the host's speed
 drifts over the group; see ``scripts.bench.core.rows_against``). Times are wall time,
@@ -126,7 +128,13 @@ def compose_config(experiment: str, log_dir: str, *overrides: str) -> DictConfig
 
 
 class EpochClock(L.Callback):
-    """Wall time from the start of the first timed epoch to the end of training."""
+    """Wall time from the start of the first timed epoch to the end of the last one's steps.
+
+    It stops before the module's and the checkpoint's end-of-epoch hooks of the fit's last
+    epoch (Lightning calls checkpoint callbacks after all others): the fit's final
+    checkpoint is a one-off, like start-up, which the process group times. The saves of
+    earlier epochs (at most every ``min_interval_s``) count.
+    """
 
     def __init__(self, warmup_epochs: int) -> None:
         self.warmup_epochs = warmup_epochs
@@ -139,7 +147,15 @@ class EpochClock(L.Callback):
             synchronize(str(pl_module.device))
             self.start, self.start_step = clock(), trainer.global_step
 
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.current_epoch + 1 == trainer.max_epochs:
+            self._stop(trainer, pl_module)
+
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self.steps_per_s != self.steps_per_s:  # stopped before its last epoch ended
+            self._stop(trainer, pl_module)
+
+    def _stop(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         assert self.start is not None, "no timed epoch ran"
         synchronize(str(pl_module.device))
         steps = trainer.global_step - self.start_step
