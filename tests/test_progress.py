@@ -94,6 +94,44 @@ def test_a_stop_mid_epoch_and_a_validation_show_the_true_count(monkeypatch):
     assert finals == [5, 10, 15, BATCHES]
 
 
+@pytest.mark.parametrize("seconds_per_batch, redrawn", [(0.001, 0), (0.5, 1)])
+def test_an_epoch_start_right_after_an_update_is_drawn_with_the_next(
+    monkeypatch, seconds_per_batch, redrawn
+):
+    """Rich's Progress.reset redraws the bar at once, on the training thread, at every epoch
+    start (the first creates the bar); less than 0.1 s after an update it is left to the
+    bar's refresh thread (or the next update), so each epoch still reaches the screen."""
+    import threading
+
+    from rich.live import Live
+
+    bars: list[RichProgressBar] = []
+    draws: list[tuple[bool, str]] = []  # (on the training thread, visible task)
+    real_draw = Live.refresh
+
+    def draw(self):
+        tasks = bars[0].progress.tasks if bars and bars[0].progress else []
+        shown = next((t.description for t in tasks if t.visible), "")
+        draws.append((threading.current_thread() is threading.main_thread(), shown))
+        real_draw(self)
+
+    monkeypatch.setattr(Live, "refresh", draw)
+    starts = []
+    real_start = RichProgressBar.on_train_epoch_start
+
+    def mark(self, trainer, pl_module):
+        bars[:] = [self]
+        before = sum(main for main, _ in draws)
+        real_start(self, trainer, pl_module)
+        starts.append(sum(main for main, _ in draws) - before)
+
+    monkeypatch.setattr(RichProgressBar, "on_train_epoch_start", mark)
+    _, finals = _fit(monkeypatch, seconds_per_batch)
+    assert starts[0] == 1 and starts[1:] == [redrawn] * (EPOCHS - 1), starts
+    assert finals == [BATCHES] * EPOCHS
+    assert all(any(f"Epoch {e}/" in shown for _, shown in draws) for e in range(EPOCHS)), draws
+
+
 @pytest.mark.parametrize("enabled", [True, False])
 def test_the_trainer_switch_still_decides(make_cfg, enabled):
     cfg = make_cfg("logger=none", f"trainer.enable_progress_bar={str(enabled).lower()}")

@@ -10,6 +10,10 @@ import lightning as L
 from lightning.pytorch.callbacks import RichProgressBar
 
 
+def _no_redraw() -> None:
+    pass
+
+
 class ThrottledProgressBar(RichProgressBar):
     """Lightning's ``RichProgressBar``, whose training bar is updated at most
     ``refresh_rate`` times a second.
@@ -20,7 +24,10 @@ class ThrottledProgressBar(RichProgressBar):
     step. Here a training batch that ends less than ``1 / refresh_rate`` seconds after the
     last update is not shown at once; the count catches up at the next update, at the end
     of the epoch (also one cut short by ``max_steps`` or a stop) and before validation.
-    Validation and test bars, with far fewer batches, update as Lightning's do.
+    Validation and test bars, with far fewer batches, update as Lightning's do. An epoch
+    that starts less than ``1 / refresh_rate`` seconds after the last update is drawn with
+    the next one (Lightning redraws at every epoch start: 1.2 ms, 3% of ``make train``'s
+    10-step epochs).
 
     Example::
 
@@ -46,6 +53,21 @@ class ThrottledProgressBar(RichProgressBar):
             return
         self._updated_at, self._unshown = now, None
         super().on_train_batch_end(trainer, pl_module, outputs, batch, i)
+
+    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        progress = self.progress
+        held = (
+            self.is_enabled
+            and progress is not None
+            and monotonic() - self._updated_at < 1 / self.refresh_rate
+        )
+        if held:  # Rich's Progress.reset redraws: the next update will
+            progress.refresh = _no_redraw
+        try:
+            super().on_train_epoch_start(trainer, pl_module)
+        finally:
+            if held:
+                del progress.refresh  # Rich's own again
 
     def _catch_up(self) -> None:
         if self._unshown is not None and self.train_progress_bar_id is not None:
