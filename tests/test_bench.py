@@ -172,3 +172,43 @@ def test_ratios_are_taken_round_by_round_and_values_are_medians():
     assert [(r.value, r.ratio) for r in rows] == [(10.0, None), (12.0, 1.2), (2.5, 0.25)]
     seconds = rows_against("g", {"a": [2.0, 4.0], "b": [1.0, 1.0]}, "a", "s", 2)
     assert with_ratios(seconds)[1].ratio == pytest.approx(3.0)  # durations: base / value
+
+
+def test_epoch_clock_leaves_out_the_final_checkpoint_only(tmp_path, monkeypatch):
+    """A fake clock: each step takes 1 s and each checkpoint save 100 s. Timed: the two
+    epochs after the warm-up (4 steps) and the save at the end of the first of them; the
+    save that ends the fit is left out."""
+    import lightning as L
+    from lightning.pytorch.callbacks import ModelCheckpoint
+    from lightning.pytorch.demos.boring_classes import BoringModel
+    from lightning.pytorch.plugins.io import TorchCheckpointIO
+
+    now = [0.0]
+    monkeypatch.setattr(training, "clock", lambda: now[0])
+
+    class Tick(L.Callback):
+        def on_train_batch_end(self, *args) -> None:
+            now[0] += 1.0
+
+    class SlowIO(TorchCheckpointIO):
+        def save_checkpoint(self, *args, **kwargs) -> None:
+            now[0] += 100.0
+            super().save_checkpoint(*args, **kwargs)
+
+    timer = training.EpochClock(warmup_epochs=1)
+    every_epoch = ModelCheckpoint(dirpath=tmp_path, every_n_epochs=1, save_top_k=-1)
+    trainer = L.Trainer(
+        max_epochs=3,
+        limit_train_batches=2,
+        limit_val_batches=0,
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        default_root_dir=tmp_path,
+        plugins=[SlowIO()],
+        callbacks=[Tick(), timer, every_epoch],
+    )
+    trainer.fit(BoringModel())
+    assert len(list(tmp_path.glob("*.ckpt"))) == 3  # one a epoch, the warm-up's too
+    assert timer.final_saves_s == 100.0
+    assert timer.steps_per_s == 4 / (4 + 100)

@@ -1634,6 +1634,26 @@ def test_a_norm_that_overflows_in_every_layer_is_exact(tmp_path):
         assert logged(log)[1][f"grad_norm/{layer}"] == pytest.approx(want, rel=1e-6)
 
 
+def test_a_high_order_norm_whose_power_overflows_is_exact(tmp_path):
+    # p = 10: 1e35 is a finite float32 norm whose 10th power (1e350) overflows even float64;
+    # the step must log the exact norm, not crash or report a non-finite gradient.
+    class Large(Net):
+        def on_after_backward(self):
+            if self.trainer.global_step == 1:
+                self.net.b.weight.grad[0, 0] = 1e35
+
+    probe, cb = Probe(), GradientNormCallback(norm_type=10.0, log_every_n_steps=1)
+    _, log = fit([probe, cb], Large(), steps=2, root=tmp_path)
+    grads = probe.steps[1]["grads"]
+    assert cb.nonfinite_layer is None
+    for layer in LAYERS:
+        flat = torch.cat([t.double().flatten().abs() for t in of_layer(grads, layer)])
+        top = float(flat.max())  # the reference scales too: sum(x ** 10) overflows float64
+        want = top * float((flat / top).pow(10).sum()) ** 0.1
+        assert logged(log)[1][f"grad_norm/{layer}"] == pytest.approx(want, rel=1e-6)
+    assert logged(log)[1]["grad_norm/net.b"] == pytest.approx(1e35, rel=1e-6)
+
+
 def test_no_gradient_and_no_weight_statistics(tmp_path):
     cb = GradientNormCallback(log_every_n_steps=1, weight_stats=False, warn=False)
     _, log = fit([cb], Manual(), steps=4, root=tmp_path)

@@ -361,6 +361,23 @@ def test_backbone_unfrozen_by_backbone_finetuning_is_logged_from_then_on(tmp_pat
     assert log.values("grad_norm/first_last_ratio")[3] == pytest.approx(want)
 
 
+def test_backbone_unfrozen_between_logging_steps_is_logged_at_the_next(tmp_path):
+    # Every 4 steps: logged at steps 0 and 3; unfrozen at step 2 (epoch 1), a step that logs
+    # nothing, so the new parameter group is found at step 3.
+    probe, log = GradProbe(), MemoryLogger()
+    cb = GradientNormCallback(log_every_n_steps=4)
+    finetune = BackboneFinetuning(unfreeze_backbone_at_epoch=1, verbose=False)
+    t = trainer(tmp_path, [finetune, probe, cb], max_steps=-1, max_epochs=2, logger=log)
+    t.fit(Finetune(), loader(batch=32))  # 2 steps an epoch
+    assert sorted(log.values("grad_norm/head")) == [0, 3]
+    assert list(log.values("grad_norm/backbone.0")) == [3]
+    step, _, grads = probe.grads[-1]
+    assert step == 3
+    for layer in ("backbone.0", "backbone.2", "head"):
+        assert log.values(f"grad_norm/{layer}")[3] == pytest.approx(layer_norm(grads, layer))
+    assert log.values("update_ratio/backbone.0")[3] > 0
+
+
 # -- tied weights ---------------------------------------------------------------------------
 class TiedLM(Classifier):
     def __init__(self):

@@ -15,7 +15,8 @@ and Adam(lr=1e-3) on both sides:
   and logger, no progress bar, no validation, no test) and ``Trainer.fit``;
 - ``gradwatch, grad norms every step``: the same with ``callbacks.grad_norm.log_every_n_steps=1``;
 - ``gradwatch, logging every 50 steps`` and ``every 5 steps``: the same at Lightning's
-  default cadence and at twice ours (10): what the monitoring costs on logging steps;
+  default cadence and twice as often as ours (every 10): what the monitoring costs on
+  logging steps;
 - ``gradwatch, progress bar``: as ``make train`` runs it, with the progress bar (ours,
   updated at most 10 times a second), and with Lightning's own, updated every batch;
 - ``gradwatch, no checkpoint`` and ``Lightning alone``: where the stack's time goes;
@@ -26,10 +27,12 @@ and Adam(lr=1e-3) on both sides:
   (:mod:`gradwatch.run.cuda_probe`): on machines without NVIDIA's driver our stack drops
   it, and the plain loop is timed without it, as a script that never imports Lightning.
 
-Steps/s are taken over whole epochs after one warm-up epoch, so per-epoch costs (a
-checkpoint every ``min_interval_s``, the DataLoader's reshuffle) count, and one-offs do not:
-start-up, and the fit's final checkpoint (:class:`EpochClock`), which the process group's
-whole-process row times. Variants run
+Steps/s are taken over whole epochs after one warm-up epoch, so per-epoch costs (the
+module's epoch-end logging, the DataLoader's reshuffle, a checkpoint every
+``min_interval_s``) count, and one-offs do not: start-up, and the fit's final checkpoint
+(:class:`EpochClock`), which the process group's whole-process row times. The timed windows
+here are shorter than ``min_interval_s`` (10 s), so no save falls in them: the "no
+checkpoint" row shows what ``ModelCheckpoint`` costs on every step. Variants run
 interleaved, ``repeats`` rounds each: a row shows its median, and its ratio is the median
 of the rounds' own ratios (a round's variants run close together, while the host's speed
 drifts over the group; see ``scripts.bench.core.rows_against``). Times are wall time,
@@ -128,19 +131,31 @@ def compose_config(experiment: str, log_dir: str, *overrides: str) -> DictConfig
 
 
 class EpochClock(L.Callback):
-    """Wall time from the start of the first timed epoch to the end of the last one's steps.
-
-    It stops before the module's and the checkpoint's end-of-epoch hooks of the fit's last
-    epoch (Lightning calls checkpoint callbacks after all others): the fit's final
-    checkpoint is a one-off, like start-up, which the process group times. The saves of
-    earlier epochs (at most every ``min_interval_s``) count.
-    """
+    """Wall time from the start of the first timed epoch to the end of training, less the
+    checkpoint saves made after the last epoch's steps: the fit's final checkpoint is a
+    one-off, like start-up, which the process group times. Other saves (every
+    ``min_interval_s``) count."""
 
     def __init__(self, warmup_epochs: int) -> None:
         self.warmup_epochs = warmup_epochs
         self.start: float | None = None
         self.start_step = 0
         self.steps_per_s = float("nan")
+        self.final_saves_s = 0.0
+        self._ending = False  # the last epoch's steps are done
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        save = trainer.save_checkpoint
+
+        def timed_save(*args: Any, **kwargs: Any) -> Any:
+            began = clock()
+            try:
+                return save(*args, **kwargs)
+            finally:
+                if self._ending:
+                    self.final_saves_s += clock() - began
+
+        trainer.save_checkpoint = timed_save  # this trainer only
 
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if trainer.current_epoch == self.warmup_epochs:
@@ -148,18 +163,13 @@ class EpochClock(L.Callback):
             self.start, self.start_step = clock(), trainer.global_step
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if trainer.current_epoch + 1 == trainer.max_epochs:
-            self._stop(trainer, pl_module)
+        self._ending = trainer.current_epoch + 1 >= trainer.max_epochs
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if self.steps_per_s != self.steps_per_s:  # stopped before its last epoch ended
-            self._stop(trainer, pl_module)
-
-    def _stop(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         assert self.start is not None, "no timed epoch ran"
         synchronize(str(pl_module.device))
         steps = trainer.global_step - self.start_step
-        self.steps_per_s = steps / (clock() - self.start)
+        self.steps_per_s = steps / (clock() - self.start - self.final_saves_s)
 
 
 def stack_steps_per_s(cfg: DictConfig, warmup: int, epochs: int) -> float:
@@ -265,7 +275,7 @@ def network_rows(workload: str, repeats: int, quick: bool, log_dir: str) -> list
     every = compose_config(experiment, log_dir, *extra, "callbacks.grad_norm.log_every_n_steps=1")
     every_50 = compose_config(experiment, log_dir, *extra, "trainer.log_every_n_steps=50")
     every_5 = compose_config(experiment, log_dir, *extra, "trainer.log_every_n_steps=5")
-    # Where the stack's time goes: without the per-epoch checkpoint, and Lightning alone.
+    # Where the stack's time goes: without ModelCheckpoint (its hooks), and Lightning alone.
     no_checkpoint = compose_config(experiment, log_dir, *extra, *NO_CHECKPOINT)
     bare = compose_config(experiment, log_dir, *extra, *BARE)
     bar = compose_config(experiment, log_dir, *extra, *PROGRESS_BAR)

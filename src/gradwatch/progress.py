@@ -26,7 +26,7 @@ class ThrottledProgressBar(RichProgressBar):
     of the epoch (also one cut short by ``max_steps`` or a stop) and before validation.
     Validation and test bars, with far fewer batches, update as Lightning's do. An epoch
     that starts less than ``1 / refresh_rate`` seconds after the last update is drawn with
-    the next one (Lightning redraws at every epoch start: 1.2 ms, 3% of ``make train``'s
+    the next one (Lightning redraws at every epoch start: 1.25 ms, 3% of ``make train``'s
     10-step epochs).
 
     Example::

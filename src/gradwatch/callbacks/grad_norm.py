@@ -46,6 +46,13 @@ def _combine(values: list[float], p: float) -> float:
     return top * math.fsum((v / top) ** p for v in values) ** (1 / p)  # no overflow
 
 
+def _scaled_norm(t: torch.Tensor, p: float) -> float:
+    """``|t|_p`` as ``m * |t / m|_p`` with ``m = max |t|``: the p-th powers cannot overflow
+    (1e35 ** 10 does even in float64)."""
+    top = float(t.abs().max()) if t.numel() else 0.0
+    return top * float(torch.linalg.vector_norm(t / top, p)) if top else top
+
+
 def _common_prefix(names: list[str]) -> str:
     """The module path all ``names`` start with (``generator`` for generator.0, generator.2)."""
     prefix = []
@@ -241,8 +248,6 @@ class GradientNormCallback(L.Callback):
         self._resume_step: int | None = None
         self._amp_skipped: torch.Tensor | int = 0
         self._amp_before: torch.Tensor | None = None
-        self._several = False  # several optimizers: each counts its own steps
-        self._plugin_scaler: Any = None
         self.amp_scale: float | None = None
         self.losses: list[float] = []  # the training loss at each logging step
         self._chance_loss: float | None = None
@@ -252,6 +257,8 @@ class GradientNormCallback(L.Callback):
         self.nonfinite_step: int | None = None
         self.warned: str | None = None
         self.stop_reason: str | None = None
+        self._several = False  # several optimizers: each counts its own steps
+        self._plugin_scaler: Any = None
 
     # -- setup -------------------------------------------------------------------------
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
@@ -276,12 +283,12 @@ class GradientNormCallback(L.Callback):
         self._activations = next(
             (c for c in trainer.callbacks if isinstance(c, ActivationStatsCallback)), None
         )
-        # Looked up once: the trainer's properties take microseconds, and the hooks below
-        # run on every step.
-        self._several = len(trainer.optimizers) > 1
-        self._plugin_scaler = getattr(trainer.precision_plugin, "scaler", None)
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        # Looked up once a fit, after every on_fit_start: the trainer's properties take
+        # microseconds, and the hooks below run on every step.
+        self._several = len(trainer.optimizers) > 1
+        self._plugin_scaler = getattr(trainer.precision_plugin, "scaler", None)
         # Loops are restored by now: a resumed fit continues the file after this step.
         self._resume_step = trainer.global_step if trainer.ckpt_path else None
         if trainer.is_global_zero:
@@ -326,7 +333,7 @@ class GradientNormCallback(L.Callback):
             self._hooks.append(optimizer.register_step_post_hook(self._after_step))
         return opt
 
-    def _refresh_params(self, trainer: L.Trainer, optimizer: torch.optim.Optimizer) -> None:
+    def _refresh_params(self, optimizer: torch.optim.Optimizer) -> None:
         """The optimizer's parameters, looked at again on each logging step."""
         opt = self._opts[id(optimizer)]
         signature = tuple(len(g["params"]) for g in optimizer.param_groups)
@@ -336,9 +343,9 @@ class GradientNormCallback(L.Callback):
             first = not opt.signature
             opt.signature, opt.version = signature, -1
             if first:
-                self._name_optimizers(trainer)
+                self._name_optimizers()
 
-    def _name_optimizers(self, trainer: L.Trainer) -> None:
+    def _name_optimizers(self) -> None:
         for opt in self._opts.values():
             if not self._several:
                 opt.name = None
@@ -381,14 +388,14 @@ class GradientNormCallback(L.Callback):
         self._settle(trainer)
         opt = self._optimizer(trainer, optimizer)
         if not opt.signature:  # its first step this fit: a resumed fit's history is restored
-            self._refresh_params(trainer, optimizer)
+            self._refresh_params(optimizer)
         scaler = self._scaler()
         if scaler is not None:
             self._amp_before = scaler._scale.clone()
         step = self._own_step(trainer, opt)
         opt.steps += 1
         if self._logs_at(trainer, step):
-            self._refresh_params(trainer, optimizer)
+            self._refresh_params(optimizer)
             if opt.params:
                 self._measure(trainer, optimizer, opt, scaler, step)
 
@@ -551,8 +558,8 @@ class GradientNormCallback(L.Callback):
             tensors = [p.grad for p in self.layers[layer].params if p.grad is not None]
             if elements_finite(tensors):
                 local = local_tensors(tensors)[0]
-                norms = [torch.linalg.vector_norm(t.double(), self.norm_type) for t in local]
-                grads[k] = _combine([float(v) for v in norms], self.norm_type)
+                norms = [_scaled_norm(t.double(), self.norm_type) for t in local]
+                grads[k] = _combine(norms, self.norm_type)
         return grads
 
     def _log_amp(self, trainer: L.Trainer, opt: _Optimizer, step: int) -> None:

@@ -51,8 +51,8 @@ def to_host(norms: torch.Tensor, p: float, weights: list[float] | None) -> list[
     (float64): the one device-to-host transfer of a logging step. With sharded tensors the
     local powers are first summed (max for p = inf) over all ranks in one collective."""
     if weights is None:
-        host = norms.tolist()  # float32 -> float64 is exact
-        return host if p == math.inf else [v**p for v in host]
+        host = norms.cpu().double()  # float32 -> float64 is exact
+        return (host if p == math.inf else host.pow_(p)).tolist()  # inf where a power overflows
     powers = norms.double() if p == math.inf else norms.double().pow(p)
     powers *= torch.tensor(weights, dtype=powers.dtype, device=powers.device)
     dist.all_reduce(powers, op=dist.ReduceOp.MAX if p == math.inf else dist.ReduceOp.SUM)
@@ -61,14 +61,15 @@ def to_host(norms: torch.Tensor, p: float, weights: list[float] | None) -> list[
 
 def group(powers: list[float], index: list[int], n: int, p: float) -> list[float]:
     """Per-group norms from per-tensor powers (group ``index[i]`` gets ``powers[i]``), on
-    the host: a few dozen additions, which tensor operations would cost more to launch."""
+    the host: one addition a tensor (about 0.1 us; four tensor operations cost more to
+    launch on a small net)."""
     out = [0.0] * n
     if p == math.inf:
-        for i, v in zip(index, powers):
+        for i, v in zip(index, powers, strict=True):
             if v > out[i] or v != v:  # a NaN wins and stays
                 out[i] = v
         return out
-    for i, v in zip(index, powers):
+    for i, v in zip(index, powers, strict=True):
         out[i] += v
     return [v ** (1 / p) for v in out]
 
