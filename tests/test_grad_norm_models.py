@@ -346,12 +346,18 @@ class Finetune(Classifier):
         return self.head(self.backbone(x))
 
 
-def test_backbone_unfrozen_by_backbone_finetuning_is_logged_from_then_on(tmp_path):
+def finetuned(tmp_path, every: int) -> tuple[GradProbe, MemoryLogger, GradientNormCallback]:
+    """Two epochs of 2 steps, the backbone unfrozen by BackboneFinetuning at epoch 1 (step 2)."""
     probe, log = GradProbe(), MemoryLogger()
-    cb = GradientNormCallback(log_every_n_steps=1)
+    cb = GradientNormCallback(log_every_n_steps=every)
     finetune = BackboneFinetuning(unfreeze_backbone_at_epoch=1, verbose=False)
     t = trainer(tmp_path, [finetune, probe, cb], max_steps=-1, max_epochs=2, logger=log)
-    t.fit(Finetune(), loader(batch=32))  # 2 steps an epoch
+    t.fit(Finetune(), loader(batch=32))
+    return probe, log, cb
+
+
+def test_backbone_unfrozen_by_backbone_finetuning_is_logged_from_then_on(tmp_path):
+    probe, log, cb = finetuned(tmp_path, every=1)
     assert "grad_norm/backbone.0" not in log.rows[0][1]
     step, _, grads = probe.grads[-1]
     assert step == 3
@@ -364,11 +370,7 @@ def test_backbone_unfrozen_by_backbone_finetuning_is_logged_from_then_on(tmp_pat
 def test_backbone_unfrozen_between_logging_steps_is_logged_at_the_next(tmp_path):
     # Every 4 steps: logged at steps 0 and 3; unfrozen at step 2 (epoch 1), a step that logs
     # nothing, so the new parameter group is found at step 3.
-    probe, log = GradProbe(), MemoryLogger()
-    cb = GradientNormCallback(log_every_n_steps=4)
-    finetune = BackboneFinetuning(unfreeze_backbone_at_epoch=1, verbose=False)
-    t = trainer(tmp_path, [finetune, probe, cb], max_steps=-1, max_epochs=2, logger=log)
-    t.fit(Finetune(), loader(batch=32))  # 2 steps an epoch
+    probe, log, _ = finetuned(tmp_path, every=4)
     assert sorted(log.values("grad_norm/head")) == [0, 3]
     assert list(log.values("grad_norm/backbone.0")) == [3]
     step, _, grads = probe.grads[-1]
