@@ -331,6 +331,7 @@ class GradientNormCallback(L.Callback):
             opt = _Optimizer(name=f"optimizer{index}")
             self._opts[id(optimizer)] = opt
             self._hooks.append(optimizer.register_step_post_hook(self._after_step))
+            self._refresh_params(optimizer)  # names it; a resumed fit's history is restored
         return opt
 
     def _refresh_params(self, optimizer: torch.optim.Optimizer) -> None:
@@ -387,8 +388,6 @@ class GradientNormCallback(L.Callback):
             return
         self._settle(trainer)
         opt = self._optimizer(trainer, optimizer)
-        if not opt.signature:  # its first step this fit: a resumed fit's history is restored
-            self._refresh_params(optimizer)
         scaler = self._scaler()
         if scaler is not None:
             self._amp_before = scaler._scale.clone()
