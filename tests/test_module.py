@@ -75,3 +75,38 @@ def test_progress_bar_refreshed_every_step_when_asked():
     logged_at, logger, _ = _fit(0.0, progress_bar=True)
     assert logged_at == list(range(STEPS))
     assert sorted(logger.values("train/loss")) == LOGGING_STEPS
+
+
+def test_the_setter_fast_path_keeps_what_nn_module_registers_and_lightning_reads():
+    module = ClassifierModule(nn.Linear(4, 3), 3)
+    # Submodules, parameters and buffers assigned later are still registered.
+    module.head = nn.Linear(3, 2)
+    module.scale = nn.Parameter(torch.ones(1))
+    module.register_buffer("seen", torch.zeros(1))
+    module.seen = torch.ones(1)
+    assert "head" in dict(module.named_modules())
+    assert "scale" in dict(module.named_parameters())
+    assert float(dict(module.named_buffers())["seen"]) == 1.0
+    # The hook name Lightning sets is an ordinary attribute, seen inside the hooks.
+    module._current_fx_name = "training_step"
+    assert module.__dict__["_current_fx_name"] == "training_step"
+
+    seen = []
+
+    class Reads(L.Callback):
+        def on_train_batch_start(self, trainer, pl_module, *args) -> None:
+            seen.append(pl_module._current_fx_name)
+
+    trainer = L.Trainer(
+        max_steps=1,
+        logger=False,
+        callbacks=[Reads()],
+        enable_progress_bar=False,
+        enable_checkpointing=False,
+        enable_model_summary=False,
+        accelerator="cpu",
+    )
+    module = ClassifierModule(nn.Linear(4, 3), 3)
+    x, y = torch.randn(8, 4), torch.randint(0, 3, (8,))
+    trainer.fit(module, train_dataloaders=TensorBatches(x, y, batch_size=8))
+    assert seen == ["on_train_batch_start"]
