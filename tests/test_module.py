@@ -110,3 +110,86 @@ def test_the_setter_fast_path_keeps_what_nn_module_registers_and_lightning_reads
     x, y = torch.randn(8, 4), torch.randint(0, 3, (8,))
     trainer.fit(module, train_dataloaders=TensorBatches(x, y, batch_size=8))
     assert seen == ["on_train_batch_start"]
+
+
+class EvalReference(L.Callback):
+    """After each validation: the logged val/loss and val/acc, and the same computed here in
+    plain torch over the whole validation set with the weights of that moment."""
+
+    def __init__(self, x: torch.Tensor, y: torch.Tensor) -> None:
+        self.x, self.y, self.pairs = x, y, []
+
+    def reference(self, net: nn.Module) -> tuple[float, float]:
+        with torch.no_grad():
+            logits = net(self.x)
+        loss = nn.functional.cross_entropy(logits, self.y)  # the mean over all examples
+        return float(loss), float((logits.argmax(1) == self.y).float().mean())
+
+    def on_validation_end(self, trainer, pl_module) -> None:
+        logged = trainer.callback_metrics
+        self.pairs.append(
+            ((float(logged["val/loss"]), float(logged["val/acc"])), self.reference(pl_module.net))
+        )
+
+
+def test_eval_loss_and_accuracy_are_each_epochs_mean_over_examples():
+    torch.manual_seed(0)
+    x, y = torch.randn(96, 4), torch.randint(0, 3, (96,))
+    x_val, y_val = torch.randn(50, 4), torch.randint(0, 3, (50,))  # batches of 16, 16, 16, 2
+    module = ClassifierModule(nn.Sequential(nn.Linear(4, 16), nn.Tanh(), nn.Linear(16, 3)), 3)
+    module.configure_optimizers = lambda: torch.optim.SGD(module.parameters(), lr=0.5)
+    reference = EvalReference(x_val, y_val)
+    trainer = L.Trainer(
+        max_epochs=3,
+        logger=False,
+        callbacks=[reference],
+        num_sanity_val_steps=2,
+        enable_progress_bar=False,
+        enable_checkpointing=False,
+        enable_model_summary=False,
+        accelerator="cpu",
+    )
+    val = TensorBatches(x_val, y_val, batch_size=16)
+    trainer.fit(module, TensorBatches(x, y, batch_size=16, shuffle=True), val)
+    assert len(reference.pairs) == 4  # the sanity check (2 batches), then every epoch
+    epochs = reference.pairs[1:]
+    losses = [ref[0] for _, ref in epochs]
+    assert max(losses) - min(losses) > 1e-3  # the weights moved: epochs differ
+    for logged, ref in epochs:  # each epoch alone (not mixed with the sanity check's)
+        assert logged == pytest.approx(ref, rel=1e-5)
+
+    (result,) = trainer.test(module, val, verbose=False)
+    expected = reference.reference(module.net)
+    assert (result["test/loss"], result["test/acc"]) == pytest.approx(expected, rel=1e-5)
+
+
+def test_a_nan_eval_loss_is_reported_as_nan():
+    net = nn.Linear(4, 3)
+    with torch.no_grad():
+        net.bias[0] = float("nan")
+    module = ClassifierModule(net, 3)
+    trainer = L.Trainer(logger=False, enable_progress_bar=False, accelerator="cpu")
+    x, y = torch.randn(20, 4), torch.randint(0, 3, (20,))
+    (result,) = trainer.validate(module, TensorBatches(x, y, batch_size=8), verbose=False)
+    assert math.isnan(result["val/loss"])
+
+
+def test_under_ddp_eval_metrics_cover_every_ranks_examples(tmp_path):
+    torch.manual_seed(0)
+    # 60 examples: each of the 2 ranks validates 30 (batches of 16 and 14), different ones.
+    x_val, y_val = torch.randn(60, 4), torch.randint(0, 3, (60,))
+    module = ClassifierModule(nn.Sequential(nn.Linear(4, 16), nn.Tanh(), nn.Linear(16, 3)), 3)
+    trainer = L.Trainer(
+        strategy="ddp_spawn",
+        accelerator="cpu",
+        devices=2,
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        default_root_dir=tmp_path,
+    )
+    (result,) = trainer.validate(module, TensorBatches(x_val, y_val, batch_size=16), verbose=False)
+    expected = EvalReference(x_val, y_val).reference(module.net)
+    rank_zero = EvalReference(x_val[0::2], y_val[0::2]).reference(module.net)
+    assert (result["val/loss"], result["val/acc"]) == pytest.approx(expected, rel=1e-5)
+    assert result["val/loss"] != pytest.approx(rank_zero[0], rel=1e-3)  # not one rank's mean

@@ -13,6 +13,7 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
+from torchmetrics import Metric
 from torchmetrics.classification import MulticlassAccuracy
 
 from gradwatch.schedule import lightning_logs_at
@@ -67,6 +68,27 @@ def _factory(config: Callable | FactoryConfig | None, what: str) -> Callable | N
     return instantiate({**config, "_partial_": True})
 
 
+class ExampleMean(Metric):
+    """The mean over examples of per-batch means (weighted by batch size): the epoch value
+    ``self.log(..., on_epoch=True)`` reports, at 20 us an update instead of 0.4 ms, over
+    the examples of every DDP rank. A NaN stays NaN. (torchmetrics' ``MeanMetric`` drops
+    NaNs, or with ``nan_strategy="disable"`` ignores the weights, in torchmetrics 1.9.)"""
+
+    full_state_update = False
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.add_state("total", torch.tensor(0.0), dist_reduce_fx="sum")
+        self.add_state("count", torch.tensor(0), dist_reduce_fx="sum")
+
+    def update(self, mean: torch.Tensor, n: int) -> None:
+        self.total += mean.detach() * n
+        self.count += n
+
+    def compute(self) -> torch.Tensor:
+        return self.total / self.count
+
+
 class ClassifierModule(L.LightningModule):
     """Cross-entropy classifier that logs ``{train,val,test}/{loss,acc}``.
 
@@ -112,6 +134,9 @@ class ClassifierModule(L.LightningModule):
                 f"{stage}_acc": MulticlassAccuracy(num_classes, average="micro")
                 for stage in ("train", "val", "test")
             }
+        )
+        self.mean_loss = nn.ModuleDict(
+            {f"{stage}_loss": ExampleMean() for stage in ("val", "test")}
         )
 
     def __setattr__(self, name: str, value: Any) -> None:
@@ -166,21 +191,29 @@ class ClassifierModule(L.LightningModule):
         self.log("train/acc", self.accuracy["train_acc"], on_step=False, on_epoch=True)
 
     def validation_step(self, batch, batch_idx: int) -> None:
-        self._log_eval(batch, "val")
+        self._eval_step(batch, "val")
 
     def test_step(self, batch, batch_idx: int) -> None:
-        self._log_eval(batch, "test")
+        self._eval_step(batch, "test")
 
-    def _log_eval(self, batch: tuple[torch.Tensor, torch.Tensor], stage: str) -> None:
+    def _eval_step(self, batch: tuple[torch.Tensor, torch.Tensor], stage: str) -> None:
+        # Loss and accuracy are accumulated in metrics and logged once an epoch: self.log on
+        # every batch cost 0.4 ms a call, about 40% of a make-train validation batch.
         loss = self._step(batch, stage)
-        self.log(f"{stage}/loss", loss, on_step=False, on_epoch=True, prog_bar=True)
-        self.log(
-            f"{stage}/acc",
-            self.accuracy[f"{stage}_acc"],
-            on_step=False,
-            on_epoch=True,
-            prog_bar=True,
-        )
+        self.mean_loss[f"{stage}_loss"].update(loss, len(batch[1]))
+
+    def on_validation_epoch_end(self) -> None:
+        self._log_eval("val")
+
+    def on_test_epoch_end(self) -> None:
+        self._log_eval("test")
+
+    def _log_eval(self, stage: str) -> None:
+        for name, metric in (
+            ("loss", self.mean_loss[f"{stage}_loss"]),
+            ("acc", self.accuracy[f"{stage}_acc"]),
+        ):
+            self.log(f"{stage}/{name}", metric, on_step=False, on_epoch=True, prog_bar=True)
 
     def configure_optimizers(self):
         factory = self.optimizer_factory or (lambda params: torch.optim.Adam(params, lr=1e-3))
