@@ -12,10 +12,11 @@ import textwrap
 from pathlib import Path
 
 import pytest
+import torch
 
 import scripts.bench
 from scripts.bench import __main__ as harness
-from scripts.bench import gpu, process, sweep, training
+from scripts.bench import callback_cost, gpu, process, sweep, training
 from scripts.bench.core import interleaved, rows_against, with_ratios
 
 TINY_GROUP = textwrap.dedent(
@@ -212,3 +213,39 @@ def test_epoch_clock_leaves_out_the_final_checkpoint_only(tmp_path, monkeypatch)
     assert len(list(tmp_path.glob("*.ckpt"))) == 3  # one a epoch, the warm-up's too
     assert timer.final_saves_s == 100.0
     assert timer.steps_per_s == 4 / (4 + 100)
+
+
+@pytest.mark.parametrize(
+    ("variant", "owner", "work"),
+    [
+        ("gradwatch", torch, "_foreach_norm"),  # our norms
+        ("lightning_grad_norm", torch.Tensor, "norm"),  # the recipe's p.grad.data.norm
+        ("wandb_watch", torch.Tensor, "histc"),  # wandb.watch's histograms
+    ],
+)
+def test_resnet_rows_time_as_monitored_exactly_the_steps_that_monitor(
+    tmp_path, monkeypatch, variant, owner, work
+):
+    """The ResNet rows compare a run's monitored steps with its other steps: each variant's
+    monitoring work must fall on the steps counted as monitored, and only there."""
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    now, worked = {}, set()
+
+    class Steps(callback_cost.StepTimes):
+        def on_train_batch_start(self, trainer, pl_module, *args) -> None:
+            now["step"] = trainer.global_step
+            super().on_train_batch_start(trainer, pl_module, *args)
+
+    original = getattr(owner, work)
+
+    def spy(*args, **kwargs):
+        worked.add(now.get("step"))
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(owner, work, spy)
+    monkeypatch.setattr(callback_cost, "StepTimes", Steps)
+    times = callback_cost.resnet_step_times(variant, 8, str(tmp_path), every=2)
+    assert sorted(times) == list(range(8))
+    monitored = {s for s in times if callback_cost.lightning_logs_at(s, 2)}
+    assert monitored == {1, 3, 5, 7}
+    assert worked - {0} == monitored  # step 0: our callback's first measurement

@@ -5,9 +5,12 @@
   median time of the other steps of the same run (adjacent steps, so machine noise hits
   both alike). The target is at most 1.3x. The note gives the event-file bytes per logged step.
 - ``resnet18``: torchvision's ResNet-18 (10 classes) on random 32x32 images, batch 32, SGD,
-  TensorBoard logger, every step logged: step time with no monitoring, with the callback in
-  its default mode, gradients only, every 50 steps, Lightning's ``grad_norm`` recipe and
-  ``wandb.watch(log_freq=1)`` (W&B offline). Variants are interleaved in every repeat.
+  TensorBoard logger: what monitoring a step costs, for the callback in its default mode
+  and gradients only, Lightning's ``grad_norm`` recipe and ``wandb.watch`` (W&B offline).
+  Each monitors every other step, and its monitored steps are timed against the other
+  steps of the same run (as ``deep520``); "none" is the control (odd against even steps).
+  Every 50 steps is computed from the callback's row. Variants are interleaved in every
+  repeat.
 
     python -m scripts.bench --groups callback_cost --repeats 1 --quick
 """
@@ -28,7 +31,8 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from gradwatch.callbacks import GradientNormCallback
 from gradwatch.loggers.tensorboard import BatchedTensorBoardLogger
-from scripts.bench.core import Row, interleaved, quiet, rows_against, with_ratios
+from gradwatch.schedule import lightning_logs_at
+from scripts.bench.core import Row, interleaved, quiet, with_ratios
 from scripts.bench.grad_norm import LightningGradNorm
 from scripts.bench.training import synchronize
 
@@ -114,20 +118,41 @@ def deep520(repeats: int, quick: bool) -> list[Row]:
     return rows
 
 
-#: Each compared with "none", round by round.
+#: Monitoring every other step (``RESNET_EVERY``): each run's monitored steps against its
+#: other steps. "none" monitors nothing: its odd steps against its even ones show what the
+#: method itself reads (the control).
 RESNET_VARIANTS = (
     "none",
     "gradwatch",
     "gradwatch_grads_only",
-    "gradwatch_every_50",
     "lightning_grad_norm",
     "wandb_watch",
 )
+RESNET_EVERY = 2
 
 
-def resnet_rate(
-    variant: str, steps: int, root: str, accelerator: str = "cpu", precision: str | None = None
-) -> float:
+class OnLoggingSteps(LightningGradNorm):
+    """Lightning's recipe on the steps Lightning logs at ``every`` (it runs on every step)."""
+
+    def __init__(self, every: int) -> None:
+        self.every = every
+
+    def on_before_optimizer_step(self, trainer, pl_module, optimizer) -> None:
+        if lightning_logs_at(trainer.global_step, self.every):
+            super().on_before_optimizer_step(trainer, pl_module, optimizer)
+
+
+def resnet_step_times(
+    variant: str,
+    steps: int,
+    root: str,
+    every: int = 1,
+    accelerator: str = "cpu",
+    precision: str | None = None,
+) -> dict[int, float]:
+    """Each step's wall time, with ``variant`` monitoring the steps Lightning logs at
+    ``every`` (``(step + 1) % every == 0``: ours, the recipe and ``wandb.watch``'s
+    ``log_freq`` count alike) and the trainer logging every step."""
     from torchvision.models import resnet18
 
     torch.manual_seed(0)
@@ -138,19 +163,19 @@ def resnet_rate(
     if variant.startswith("gradwatch"):
         callbacks.append(
             GradientNormCallback(
-                log_every_n_steps=50 if variant.endswith("50") else 1,
+                log_every_n_steps=every,
                 weight_stats=variant != "gradwatch_grads_only",
                 warn=False,
                 dirpath=root,
             )
         )
     elif variant == "lightning_grad_norm":
-        callbacks.append(LightningGradNorm())
+        callbacks.append(OnLoggingSteps(every))
     elif variant == "wandb_watch":
         from lightning.pytorch.loggers import WandbLogger
 
         logger = WandbLogger(project="gradwatch-bench", save_dir=root, mode="offline")
-        logger.watch(module, log="gradients", log_freq=1, log_graph=False)
+        logger.watch(module, log="gradients", log_freq=every, log_graph=False)
     try:
         timer = _fit(module, data, root, callbacks, steps, logger, 1, accelerator, precision)
     finally:
@@ -158,19 +183,71 @@ def resnet_rate(
             import wandb
 
             wandb.finish()
-    times = [t for s, t in timer.times.items() if s >= 3]
-    return 1 / statistics.median(times)
+    return timer.times
+
+
+def resnet_rate(
+    variant: str, steps: int, root: str, accelerator: str = "cpu", precision: str | None = None
+) -> float:
+    """Steps/s (the median step from step 3 on) with ``variant`` monitoring every step."""
+    times = resnet_step_times(variant, steps, root, 1, accelerator, precision)
+    return 1 / statistics.median(t for s, t in times.items() if s >= 3)
+
+
+def resnet_paired(variant: str, steps: int, root: str) -> tuple[float, float]:
+    """Steps/s of the monitored steps and of the others in one run (from step 4 on)."""
+    times = resnet_step_times(variant, steps, root, RESNET_EVERY)
+    monitored = [t for s, t in times.items() if s >= 4 and lightning_logs_at(s, RESNET_EVERY)]
+    other = [t for s, t in times.items() if s >= 4 and not lightning_logs_at(s, RESNET_EVERY)]
+    return 1 / statistics.median(monitored), 1 / statistics.median(other)
 
 
 def resnet18(repeats: int, quick: bool) -> list[Row]:
+    """Per variant: its monitored steps against the other steps of the same run (adjacent
+    steps: the host's drift, 10 to 40% over a minute here, hits both alike), round by round;
+    and what logging every 50 steps costs, from the callback's logging steps."""
     os.environ.setdefault("WANDB_MODE", "offline")
     os.environ.setdefault("WANDB_SILENT", "true")
-    steps = 12 if quick else 30
+    steps = 16 if quick else 40
+    repeats = max(1, repeats)
     with tempfile.TemporaryDirectory() as root:
-        resnet_rate("none", steps, root)  # warm-up: one-off costs (allocator, kernels)
-        variants = {v: (lambda v=v: resnet_rate(v, steps, root)) for v in RESNET_VARIANTS}
-        rounds = interleaved(variants, max(1, repeats))
-    return rows_against(GROUP, rounds, "none", "steps/s", max(1, repeats), "resnet18/")
+        resnet_step_times("none", 8, root)  # warm-up: one-off costs (allocator, kernels)
+        variants = {v: (lambda v=v: resnet_paired(v, steps, root)) for v in RESNET_VARIANTS}
+        rounds = interleaved(variants, repeats)
+    rows = []
+    for variant, pairs in rounds.items():
+        name = f"resnet18/{variant}"
+        monitored, other = zip(*pairs)
+        ratio = statistics.median(m / o for m, o in pairs)
+        rows.append(Row(GROUP, f"{name}: other steps", statistics.median(other), "steps/s"))
+        note = "odd steps against even ones: the method's own reading" if variant == "none" else ""
+        rows.append(
+            Row(
+                GROUP,
+                name,
+                statistics.median(monitored),
+                "steps/s",
+                baseline=f"{name}: other steps",
+                ratio=ratio,
+                repeats=repeats,
+                note=note,
+            )
+        )
+        if variant == "gradwatch":  # a logging step's extra time spread over 50 steps
+            every_50 = 1 / (1 + (1 / ratio - 1) / 50)
+            rows.append(
+                Row(
+                    GROUP,
+                    "resnet18/gradwatch_every_50",
+                    statistics.median(other) * every_50,
+                    "steps/s",
+                    baseline=f"{name}: other steps",
+                    ratio=every_50,
+                    repeats=repeats,
+                    note="from the row above: its extra time once in 50 steps",
+                )
+            )
+    return rows
 
 
 def run(repeats: int = 3, quick: bool = False) -> list[Row]:
@@ -179,7 +256,8 @@ def run(repeats: int = 3, quick: bool = False) -> list[Row]:
     rows = with_ratios(rows)
     for row in rows:
         if row.ratio and row.name.startswith("resnet18"):
-            row.note = f"overhead {100 * (1 / row.ratio - 1):+.1f}% of step time"
+            cost = f"overhead {100 * (1 / row.ratio - 1):+.1f}% of step time"
+            row.note = f"{cost}; {row.note}" if row.note else cost
         elif row.ratio:
             row.note = f"a logging step takes {1 / row.ratio:.2f}x a plain step; " + row.note
     return rows
