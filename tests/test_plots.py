@@ -33,3 +33,21 @@ def test_figures_are_written_as_png(tmp_path):
     plot_norms_over_training(layers, save=tmp_path / "train.png")
     for name in ("flow.png", "train.png"):
         assert (tmp_path / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_titles_sit_just_above_the_axes_where_matplotlib_would_put_them(tmp_path):
+    import matplotlib.pyplot as plt
+
+    write_csv(tmp_path / "g.csv")
+    layers = read_grad_norms(tmp_path / "g.csv")
+    for draw in (plot_gradient_flow, plot_norms_over_training):
+        fig, ax = plt.subplots()
+        draw(layers, ax=ax)
+        fig.canvas.draw()
+        ours = ax.title.get_window_extent()
+        ax.set_title(ax.get_title())  # matplotlib's own placement, above any top ticks
+        fig.canvas.draw()
+        assert ours.bounds == ax.title.get_window_extent().bounds
+        assert ours.y0 >= ax.get_window_extent().y1  # above the axes, inside the figure
+        assert ours.y1 <= fig.bbox.y1
+        plt.close(fig)

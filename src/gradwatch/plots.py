@@ -55,6 +55,12 @@ def _save(fig, save: str | os.PathLike | None) -> None:
     plt.close(fig)
 
 
+def _title(ax: Axes, title: str) -> None:
+    # Placed at the top of the axes, as matplotlib would place it: these axes have nothing
+    # above them to avoid, and its search for such ticks took 50 of a figure's 320 ms.
+    ax.set_title(title, y=1.0)
+
+
 def _finish(fig, ax: Axes, save: str | os.PathLike | None) -> None:
     ax.grid(True, which="both", alpha=0.3)
     if fig is not None:
@@ -92,7 +98,7 @@ def plot_gradient_flow(
     ax.set_yscale("log")
     ax.set_xlabel("layer depth (1 = closest to input)")
     ax.set_ylabel("gradient norm (log scale)")
-    ax.set_title(title)
+    _title(ax, title)
     if steps:
         ax.legend(fontsize="small")
     _finish(fig, ax, save)
@@ -116,7 +122,7 @@ def plot_norms_over_training(
     ax.set_yscale("log")
     ax.set_xlabel("training step")
     ax.set_ylabel("gradient norm (log scale)")
-    ax.set_title(title)
+    _title(ax, title)
     if layers and len(layers) <= 24:
         ax.legend(fontsize="x-small", ncol=2 if len(layers) > 12 else 1)
     _finish(fig, ax, save)
