@@ -14,6 +14,7 @@ from torch import nn
 from gradwatch.data.batches import TensorBatches
 from gradwatch.module import ClassifierModule
 from tests.memory_logger import MemoryLogger
+from tests.tensorboard_server import free_port
 
 STEPS, EVERY = 23, 5
 
@@ -174,7 +175,10 @@ def test_a_nan_eval_loss_is_reported_as_nan():
     assert math.isnan(result["val/loss"])
 
 
-def test_under_ddp_eval_metrics_cover_every_ranks_examples(tmp_path):
+def test_under_ddp_eval_metrics_cover_every_ranks_examples(tmp_path, monkeypatch):
+    # Lightning leaves MASTER_PORT set in this process: the sweep tests' DDP jobs, started
+    # later from here, would inherit it and all listen on one port.
+    monkeypatch.setenv("MASTER_PORT", str(free_port()))
     torch.manual_seed(0)
     # 60 examples: each of the 2 ranks validates 30 (batches of 16 and 14), different ones.
     x_val, y_val = torch.randn(60, 4), torch.randint(0, 3, (60,))
