@@ -135,6 +135,7 @@ class OnLoggingSteps(LightningGradNorm):
     """Lightning's recipe on the steps Lightning logs at ``every`` (it runs on every step)."""
 
     def __init__(self, every: int) -> None:
+        super().__init__()
         self.every = every
 
     def on_before_optimizer_step(self, trainer, pl_module, optimizer) -> None:
