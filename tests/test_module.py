@@ -114,7 +114,8 @@ def test_the_setter_fast_path_keeps_what_nn_module_registers_and_lightning_reads
 
 
 class EvalReference(L.Callback):
-    """After each validation: the logged val/loss and val/acc, and the same computed here in
+    """At each validation's end (in the callbacks' epoch-end hook, which Lightning calls
+    before the module's): the logged val/loss and val/acc, and the same computed here in
     plain torch over the whole validation set with the weights of that moment."""
 
     def __init__(self, x: torch.Tensor, y: torch.Tensor) -> None:
@@ -126,7 +127,7 @@ class EvalReference(L.Callback):
         loss = nn.functional.cross_entropy(logits, self.y)  # the mean over all examples
         return float(loss), float((logits.argmax(1) == self.y).float().mean())
 
-    def on_validation_end(self, trainer, pl_module) -> None:
+    def on_validation_epoch_end(self, trainer, pl_module) -> None:
         logged = trainer.callback_metrics
         self.pairs.append(
             ((float(logged["val/loss"]), float(logged["val/acc"])), self.reference(pl_module.net))
@@ -165,14 +166,23 @@ def test_eval_loss_and_accuracy_are_each_epochs_mean_over_examples():
 
 
 def test_a_nan_eval_loss_is_reported_as_nan():
-    net = nn.Linear(4, 3)
-    with torch.no_grad():
-        net.bias[0] = float("nan")
-    module = ClassifierModule(net, 3)
-    trainer = L.Trainer(logger=False, enable_progress_bar=False, accelerator="cpu")
     x, y = torch.randn(20, 4), torch.randint(0, 3, (20,))
+    x[9, 2] = float("nan")  # one example of the second batch of three
+    module = ClassifierModule(nn.Linear(4, 3), 3)
+    trainer = L.Trainer(logger=False, enable_progress_bar=False, accelerator="cpu")
     (result,) = trainer.validate(module, TensorBatches(x, y, batch_size=8), verbose=False)
-    assert math.isnan(result["val/loss"])
+    assert math.isnan(result["val/loss"])  # not dropped, as MeanMetric would
+
+
+def test_the_eval_loss_sum_stays_float32_when_the_module_is_cast_to_half():
+    module = ClassifierModule(nn.Linear(4, 3), 3).to(dtype=torch.float16)  # as 16-true does
+    mean = module.mean_loss["val_loss"]
+    for _ in range(3):
+        mean.update(torch.tensor(1000.0, dtype=torch.float16), 128)  # 384,000 > fp16's max
+    assert mean.total.dtype == torch.float32
+    assert float(mean.compute()) == 1000.0
+    mean.reset()
+    assert mean.total.dtype == torch.float32
 
 
 def test_under_ddp_eval_metrics_cover_every_ranks_examples(tmp_path, monkeypatch):

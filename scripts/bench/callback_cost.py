@@ -53,18 +53,26 @@ class Classify(L.LightningModule):
 
 
 class StepTimes(L.Callback):
-    """Wall time of every training step (batch start to batch end, all hooks included)."""
+    """Wall time of every training step, from its batch start to the next one's: the
+    trainer's own work after the step's hooks (writing what ``self.log`` gathered to the
+    loggers) counts in the step. The last step runs to the end of training."""
 
     def __init__(self) -> None:
         self.times: dict[int, float] = {}
+        self._step: int | None = None
+
+    def _stop(self, pl_module) -> float:
+        synchronize(str(pl_module.device))  # a GPU's queued work counts in its step
+        now = time.perf_counter()
+        if self._step is not None:
+            self.times[self._step] = now - self.start
+        return now
 
     def on_train_batch_start(self, trainer, pl_module, *args) -> None:
-        synchronize(str(pl_module.device))
-        self.start = time.perf_counter()
+        self.start, self._step = self._stop(pl_module), trainer.global_step
 
-    def on_train_batch_end(self, trainer, pl_module, *args) -> None:
-        synchronize(str(pl_module.device))  # a GPU's queued work counts in its step
-        self.times[trainer.global_step - 1] = time.perf_counter() - self.start
+    def on_train_end(self, trainer, pl_module) -> None:
+        self._stop(pl_module)
 
 
 def _fit(
@@ -102,8 +110,8 @@ def deep520(repeats: int, quick: bool) -> list[Row]:
             events = list(Path(root).rglob("events.out.tfevents.*"))
             sizes.append(sum(e.stat().st_size for e in events) / (steps // 10))
         times = [(s, t) for s, t in timer.times.items() if s >= skip]
-        logging.append(statistics.median(t for s, t in times if s % 10 == 0))
-        plain.append(statistics.median(t for s, t in times if s % 10))
+        logging.append(statistics.median(t for s, t in times if lightning_logs_at(s, 10)))
+        plain.append(statistics.median(t for s, t in times if not lightning_logs_at(s, 10)))
     rows = [
         Row(GROUP, "deep520/plain_step", 1 / statistics.median(plain), "steps/s"),
         Row(

@@ -5,7 +5,7 @@ from __future__ import annotations
 import functools
 import math
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import lightning as L
@@ -81,8 +81,16 @@ class ExampleMean(Metric):
         self.add_state("total", torch.tensor(0.0), dist_reduce_fx="sum")
         self.add_state("count", torch.tensor(0), dist_reduce_fx="sum")
 
+    def _apply(self, fn: Callable, exclude_state: Sequence[str] = ()) -> ExampleMean:
+        # Lightning's 16-true and bf16-true move the module with .to(dtype), which torchmetrics
+        # applies to float states: the sum stays float32 (fp16 overflows at 65504).
+        this = super()._apply(fn, exclude_state)
+        this.total = this.total.float()
+        this._defaults["total"] = this._defaults["total"].float()
+        return this
+
     def update(self, mean: torch.Tensor, n: int) -> None:
-        self.total += mean.detach() * n
+        self.total += mean.detach().float() * n
         self.count += n
 
     def compute(self) -> torch.Tensor:
@@ -191,29 +199,23 @@ class ClassifierModule(L.LightningModule):
         self.log("train/acc", self.accuracy["train_acc"], on_step=False, on_epoch=True)
 
     def validation_step(self, batch, batch_idx: int) -> None:
-        self._eval_step(batch, "val")
+        self._eval_step(batch, batch_idx, "val")
 
     def test_step(self, batch, batch_idx: int) -> None:
-        self._eval_step(batch, "test")
+        self._eval_step(batch, batch_idx, "test")
 
-    def _eval_step(self, batch: tuple[torch.Tensor, torch.Tensor], stage: str) -> None:
-        # Loss and accuracy are accumulated in metrics and logged once an epoch: self.log on
-        # every batch cost 0.4 ms a call, about 40% of a make-train validation batch.
+    def _eval_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int, stage: str):
         loss = self._step(batch, stage)
         self.mean_loss[f"{stage}_loss"].update(loss, len(batch[1]))
-
-    def on_validation_epoch_end(self) -> None:
-        self._log_eval("val")
-
-    def on_test_epoch_end(self) -> None:
-        self._log_eval("test")
-
-    def _log_eval(self, stage: str) -> None:
-        for name, metric in (
-            ("loss", self.mean_loss[f"{stage}_loss"]),
-            ("acc", self.accuracy[f"{stage}_acc"]),
-        ):
-            self.log(f"{stage}/{name}", metric, on_step=False, on_epoch=True, prog_bar=True)
+        # Metric objects: Lightning keeps a reference and computes them at the epoch's end,
+        # before the callbacks' epoch-end hooks. Logged on the first batch only: two self.log
+        # calls on every batch took 0.76 ms of a make-train validation batch's 1.76 ms.
+        if batch_idx == 0:
+            for name, metric in (
+                ("loss", self.mean_loss[f"{stage}_loss"]),
+                ("acc", self.accuracy[f"{stage}_acc"]),
+            ):
+                self.log(f"{stage}/{name}", metric, on_step=False, on_epoch=True, prog_bar=True)
 
     def configure_optimizers(self):
         factory = self.optimizer_factory or (lambda params: torch.optim.Adam(params, lr=1e-3))
