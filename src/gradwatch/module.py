@@ -204,7 +204,9 @@ class ClassifierModule(L.LightningModule):
     def test_step(self, batch, batch_idx: int) -> None:
         self._eval_step(batch, batch_idx, "test")
 
-    def _eval_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int, stage: str):
+    def _eval_step(
+        self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int, stage: str
+    ) -> None:
         loss = self._step(batch, stage)
         self.mean_loss[f"{stage}_loss"].update(loss, len(batch[1]))
         # Metric objects: Lightning keeps a reference and computes them at the epoch's end,
